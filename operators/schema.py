@@ -1,0 +1,70 @@
+"""Row layouts between stages and the versioned output schema (one row per input file)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = "1"
+
+SEGMENT_TYPE = pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("text", pa.string())])
+
+# Source rows: small, one per input file. audio_bytes is set only where the bytes come embedded
+# (tar members, HF Parquet); otherwise decode fetches source_uri.
+SOURCE_SCHEMA = pa.schema([
+    ("audio_id", pa.string()),
+    ("source_uri", pa.string()),
+    ("audio_bytes", pa.binary()),
+    ("reference", pa.string()),
+    ("language", pa.string()),
+    ("source_error", pa.string()),  # set when the container itself could not be read
+])
+
+# Decoded rows: 16 kHz mono 16-bit PCM plus planned segment boundaries (sample offsets).
+DECODED_SCHEMA = pa.schema([
+    ("audio_id", pa.string()),
+    ("source_uri", pa.string()),
+    ("reference", pa.string()),
+    ("language", pa.string()),
+    ("duration_s", pa.float64()),
+    ("pcm16", pa.binary()),
+    ("seg_start", pa.list_(pa.int64())),
+    ("seg_end", pa.list_(pa.int64())),
+    ("status", pa.string()),
+    ("error", pa.string()),
+])
+
+OUTPUT_SCHEMA = pa.schema(
+    [
+        pa.field("audio_id", pa.string(), nullable=False),
+        pa.field("source_uri", pa.string()),
+        pa.field("duration_s", pa.float64()),
+        pa.field("language", pa.string()),
+        pa.field("text", pa.string()),
+        pa.field("segments", pa.list_(SEGMENT_TYPE)),
+        pa.field("reference", pa.string()),
+        pa.field("model", pa.string()),
+        pa.field("model_revision", pa.string()),
+        pa.field("backend", pa.string()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+        pa.field("ctc_text", pa.string()),
+        pa.field("agreement", pa.float64()),
+        pa.field("processed_at", pa.timestamp("ms", tz="UTC")),
+    ],
+    metadata={b"granite_transcribe.schema_version": SCHEMA_VERSION.encode()},
+)
+
+OK = "ok"
+ERROR = "error"
+
+
+def error_text(kind: str, message: str) -> str:
+    """The `error` column: 'kind: message' with a short, single-line message."""
+    message = " ".join(str(message).split())
+    if len(message) > 300:
+        message = message[:297] + "..."
+    return f"{kind}: {message}"
+
+
+def error_kind(error: str | None) -> str | None:
+    return None if error is None else error.split(":", 1)[0]

@@ -1,0 +1,307 @@
+"""Input forms -> small source rows (SOURCE_SCHEMA), one per audio file.
+
+Each form is one class: `Source.list_units()` runs on the driver and lists what to read (manifest rows,
+audio files, tar shards, Parquet files); `Source.expand(unit)` runs in Ray tasks for container forms
+(tar shards, HF Parquet) and yields the rows inside. audio_id is deterministic: the manifest's id, else
+the path below the input root, plus the member key for tar shards.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import posixpath
+import tarfile
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+from operators import storage
+from operators.config import InputConfig
+from operators.schema import SOURCE_SCHEMA
+
+log = logging.getLogger(__name__)
+
+MANIFEST_EXTS = (".jsonl", ".json", ".csv", ".tsv")
+REFERENCE_COLUMNS = ("text", "reference", "transcript", "transcription", "sentence", "normalized_text")
+LANGUAGE_COLUMNS = ("language", "lang", "locale")
+ID_COLUMNS = ("audio_id", "id", "utt_id", "key")
+URI_COLUMNS = ("uri", "audio_filepath", "audio_path", "path", "file", "filepath")
+
+
+class InputError(ValueError):
+    """The input as a whole cannot be read (per-file problems become error rows instead)."""
+
+
+def source_table(ids: list[str], uris: list[str], refs: list | None = None, langs: list | None = None,
+                 blobs: list | None = None, errors: list | None = None) -> pa.Table:
+    n = len(ids)
+    return pa.Table.from_pydict({
+        "audio_id": ids,
+        "source_uri": uris,
+        "audio_bytes": blobs if blobs is not None else [None] * n,
+        "reference": refs if refs is not None else [None] * n,
+        "language": langs if langs is not None else [None] * n,
+        "source_error": errors if errors is not None else [None] * n,
+    }, schema=SOURCE_SCHEMA)
+
+
+def _first(names: list[str], candidates: tuple[str, ...]) -> str | None:
+    lower = {n.lower(): n for n in names}
+    return next((lower[c] for c in candidates if c in lower), None)
+
+
+def _as_str_list(col: pa.ChunkedArray | None, n: int) -> list:
+    if col is None:
+        return [None] * n
+    return [None if v is None else str(v) for v in col.to_pylist()]
+
+
+class Source:
+    """Base: subclasses implement list_units(); container forms also expand()."""
+
+    expands = False
+
+    def __init__(self, cfg: InputConfig):
+        self.cfg = cfg
+        self.uri = cfg.uri
+        self.opts = cfg.storage_options
+
+    def list_units(self) -> pa.Table:
+        """Driver side: SOURCE_SCHEMA rows (flat forms) or a table with column `unit` (containers)."""
+        raise NotImplementedError
+
+    def expand(self, unit: str) -> pa.Table:  # pragma: no cover - containers override
+        raise NotImplementedError
+
+
+class ManifestSource(Source):
+    """JSONL / CSV / Parquet manifests; NeMo rows (audio_filepath, duration, text) or plain rows
+    (audio_id, uri, text, language). Relative paths resolve against the manifest's directory."""
+
+    def _read(self, uri: str) -> pa.Table:
+        fs, path = storage.filesystem(uri, self.opts)
+        lower = uri.lower()
+        with fs.open(path, "rb") as f:
+            if lower.endswith(".parquet"):
+                return pq.read_table(f)
+            data = f.read()
+        if lower.endswith((".csv", ".tsv")):
+            delim = "\t" if lower.endswith(".tsv") else ","
+            return pacsv.read_csv(io.BytesIO(data), parse_options=pacsv.ParseOptions(delimiter=delim),
+                                  convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
+        try:
+            return pajson.read_json(io.BytesIO(data))
+        except pa.ArrowInvalid as e:
+            raise InputError(f"manifest {uri!r} is not valid JSON Lines: {e}") from None
+
+    def list_units(self) -> pa.Table:
+        files = storage.list_files(self.uri, self.opts, extensions=MANIFEST_EXTS + (".parquet",))
+        if not files:
+            raise InputError(f"no manifest files match {self.uri!r}")
+        tables = [self._normalise(self._read(f), f) for f in files]
+        return pa.concat_tables(tables)
+
+    def _normalise(self, table: pa.Table, manifest_uri: str) -> pa.Table:
+        names = table.column_names
+        uri_col = _first(names, URI_COLUMNS)
+        if uri_col is None:
+            raise InputError(f"manifest {manifest_uri!r} has no audio path column; expected one of "
+                             f"{list(URI_COLUMNS)} (columns found: {names})")
+        id_col = self.cfg.id_column or _first(names, ID_COLUMNS)
+        if self.cfg.id_column and self.cfg.id_column not in names:
+            raise InputError(f"input.id_column={self.cfg.id_column!r} is not a column of "
+                             f"{manifest_uri!r} (columns: {names})")
+        n = table.num_rows
+        paths = _as_str_list(table[uri_col], n)
+        base = manifest_uri.rsplit("/", 1)[0]
+        uris, ids = [], []
+        given_ids = _as_str_list(table[id_col], n) if id_col else [None] * n
+        for i, (p, given) in enumerate(zip(paths, given_ids)):
+            if not p:
+                raise InputError(f"manifest {manifest_uri!r} row {i}: empty {uri_col!r}")
+            uris.append(p if ("://" in p or p.startswith("/")) else storage.join(base, p))
+            ids.append(given if given else p.split("://", 1)[-1].lstrip("/") if "://" in p else p)
+        ref_col = _first(names, REFERENCE_COLUMNS)
+        lang_col = _first(names, LANGUAGE_COLUMNS)
+        return source_table(ids, uris, _as_str_list(table[ref_col], n) if ref_col else None,
+                            _as_str_list(table[lang_col], n) if lang_col else None)
+
+
+class AudioFilesSource(Source):
+    """A glob, directory or prefix of audio files; audio_id = path below the input root."""
+
+    def list_units(self) -> pa.Table:
+        files = storage.list_files(self.uri, self.opts, extensions=self.cfg.extensions)
+        if not files:
+            raise InputError(f"no audio files with extensions {self.cfg.extensions} under {self.uri!r}")
+        return source_table([storage.relative_id(f, self.uri) for f in files], files)
+
+
+class WebDatasetSource(Source):
+    """WebDataset tar shards: members grouped by key (path without extension); the audio member is
+    the row, .txt/.json siblings give the reference text, language and id."""
+
+    expands = True
+
+    def list_units(self) -> pa.Table:
+        shards = storage.list_files(self.uri, self.opts, extensions=(".tar",))
+        if not shards:
+            raise InputError(f"no .tar shards under {self.uri!r}")
+        return pa.table({"unit": shards})
+
+    def expand(self, unit: str) -> pa.Table:
+        shard_id = storage.relative_id(unit, self.uri)
+        shard_id = shard_id[:-4] if shard_id.endswith(".tar") else shard_id
+        exts = tuple(e.lower() for e in self.cfg.extensions)
+        samples: dict[str, dict[str, Any]] = {}
+        order: list[str] = []
+        fs, path = storage.filesystem(unit, self.opts)
+        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                name = member.name
+                base = posixpath.basename(name)
+                if base.startswith("."):
+                    continue
+                dirname, base = posixpath.split(name)
+                stem, _, ext = base.partition(".")
+                key, ext = posixpath.join(dirname, stem), "." + ext.lower()
+                sample = samples.get(key)
+                if sample is None:
+                    sample = samples[key] = {}
+                    order.append(key)
+                data = tar.extractfile(member).read()
+                if ext.endswith(exts):
+                    sample["audio"] = data
+                    sample["member"] = name
+                elif ext.endswith(".txt"):
+                    sample["text"] = data.decode("utf-8", errors="replace").strip()
+                elif ext.endswith(".json"):
+                    try:
+                        sample["json"] = json.loads(data)
+                    except ValueError:
+                        sample["json"] = {}
+        ids, uris, refs, langs, blobs = [], [], [], [], []
+        for key in order:
+            s = samples[key]
+            if "audio" not in s:
+                continue  # a sample without an audio member (metadata only)
+            meta = s.get("json") or {}
+            meta = meta if isinstance(meta, dict) else {}
+            ids.append(str(meta.get("audio_id") or f"{shard_id}/{key}"))
+            uris.append(f"{unit}#{s['member']}")
+            refs.append(s.get("text") or next((str(meta[c]) for c in REFERENCE_COLUMNS if c in meta), None))
+            langs.append(next((str(meta[c]) for c in LANGUAGE_COLUMNS if c in meta), None))
+            blobs.append(s["audio"])
+        return source_table(ids, uris, refs, langs, blobs)
+
+
+class HFParquetSource(Source):
+    """Parquet in the Hugging Face datasets layout: an `audio` struct column with `bytes` and `path`."""
+
+    expands = True
+
+    def list_units(self) -> pa.Table:
+        files = storage.list_files(self.uri, self.opts, extensions=(".parquet",))
+        if not files:
+            raise InputError(f"no .parquet files under {self.uri!r}")
+        return pa.table({"unit": files})
+
+    def expand(self, unit: str) -> pa.Table:
+        fs, path = storage.filesystem(unit, self.opts)
+        with fs.open(path, "rb") as f:
+            table = pq.read_table(f)
+        names = table.column_names
+        audio_col = _first(names, ("audio",))
+        if audio_col is None or not pa.types.is_struct(table.schema.field(audio_col).type):
+            raise InputError(f"{unit!r} has no `audio` struct column (HF datasets layout)")
+        n = table.num_rows
+        audio = table[audio_col].combine_chunks()
+        blobs = audio.field("bytes").to_pylist()
+        paths = audio.field("path").to_pylist() if audio.type.get_field_index("path") >= 0 else [None] * n
+        file_id = storage.relative_id(unit, self.uri)
+        id_col = self.cfg.id_column or _first(names, ID_COLUMNS)
+        given = _as_str_list(table[id_col], n) if id_col else [None] * n
+        ids = [g or (f"{file_id}/{p}" if p else f"{file_id}#{i}") for i, (g, p) in enumerate(zip(given, paths))]
+        uris = [f"{unit}#{p or i}" for i, p in enumerate(paths)]
+        ref_col = _first([c for c in names if c != audio_col], REFERENCE_COLUMNS)
+        lang_col = _first(names, LANGUAGE_COLUMNS)
+        return source_table(ids, uris, _as_str_list(table[ref_col], n) if ref_col else None,
+                            _as_str_list(table[lang_col], n) if lang_col else None, blobs)
+
+
+SOURCES: dict[str, type[Source]] = {
+    "manifest": ManifestSource,
+    "audio": AudioFilesSource,
+    "webdataset": WebDatasetSource,
+    "hf_parquet": HFParquetSource,
+}
+
+
+def detect_format(cfg: InputConfig) -> str:
+    """Pick the input form from extensions (and the Parquet schema); cfg.format wins if not auto."""
+    if cfg.format != "auto":
+        return cfg.format
+    uri = cfg.uri.lower().rstrip("/")
+    if uri.endswith(MANIFEST_EXTS):
+        return "manifest"
+    if uri.endswith(".tar"):
+        return "webdataset"
+    if uri.endswith(".parquet"):
+        files = storage.list_files(cfg.uri, cfg.storage_options, extensions=(".parquet",))
+        return _parquet_kind(files[0], cfg) if files else "manifest"
+    files = storage.list_files(cfg.uri, cfg.storage_options)
+    exts = {posixpath.splitext(f.lower())[1] for f in files}
+    if exts & {e.lower() for e in cfg.extensions}:
+        return "audio"
+    if ".tar" in exts:
+        return "webdataset"
+    if ".parquet" in exts:
+        return _parquet_kind(next(f for f in files if f.lower().endswith(".parquet")), cfg)
+    if exts & set(MANIFEST_EXTS):
+        return "manifest"
+    raise InputError(f"cannot tell the input form of {cfg.uri!r} (extensions found: {sorted(exts)}); "
+                     "set input.format to manifest, audio, webdataset or hf_parquet")
+
+
+def _parquet_kind(uri: str, cfg: InputConfig) -> str:
+    fs, path = storage.filesystem(uri, cfg.storage_options)
+    with fs.open(path, "rb") as f:
+        schema = pq.read_schema(f)
+    idx = schema.get_field_index("audio")
+    if idx >= 0 and pa.types.is_struct(schema.field(idx).type):
+        return "hf_parquet"
+    return "manifest"
+
+
+def make_source(cfg: InputConfig) -> Source:
+    if not cfg.uri:
+        raise InputError("no input: pass --input URI or set input.uri in the config")
+    return SOURCES[detect_format(cfg)](cfg)
+
+
+def drop_done(table: pa.Table, done_ids: pa.Array | None) -> pa.Table:
+    """Remove rows whose audio_id is already written (resume) and duplicate ids (first kept)."""
+    if done_ids is not None and len(done_ids):
+        table = table.filter(pc.invert(pc.is_in(table["audio_id"], value_set=done_ids)))
+    return table
+
+
+def dedupe(table: pa.Table) -> tuple[pa.Table, int]:
+    """Keep the first row of each audio_id; return (table, number of duplicate rows dropped)."""
+    ids = table["audio_id"]
+    if pc.count_distinct(ids).as_py() == table.num_rows:
+        return table, 0
+    seen: set[str] = set()
+    keep = []
+    for v in ids.to_pylist():
+        keep.append(v not in seen)
+        seen.add(v)
+    return table.filter(pa.array(keep)), table.num_rows - sum(keep)

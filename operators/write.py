@@ -1,0 +1,100 @@
+"""Parquet output: one file per finished block, deterministic names, resume by audio_id.
+
+Layout: {output}/{backend}/{model}/{revision}/part-{hash of the block's ids}.parquet, so a new model
+revision writes beside the old one. A file appears whole or not at all (local: write to a temp name
+and rename; object stores: a single PUT is atomic), so a killed job leaves only complete files, and
+the next run skips every id they hold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from operators import storage
+from operators.report import block_stats
+from operators.schema import OUTPUT_SCHEMA
+
+SUMMARY_NAME = "_summary.json"
+
+
+def _slug(text: str) -> str:
+    text = text.strip().rstrip("/")
+    if text.startswith("/"):  # a local model directory: its last two components
+        text = "/".join(text.split("/")[-2:])
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.replace("/", "--")).strip("_") or "default"
+
+
+def version_dir(output_uri: str, backend: str, model: str, revision: str) -> str:
+    return storage.join(output_uri, _slug(backend), _slug(model), _slug(revision))
+
+
+def part_name(ids: list[str]) -> str:
+    h = hashlib.sha1("\n".join(sorted(ids)).encode()).hexdigest()[:20]
+    return f"part-{h}.parquet"
+
+
+def done_ids(out_dir: str, storage_options: dict | None = None) -> pa.Array:
+    """audio_ids already written under a version directory (empty if none)."""
+    fs, path = storage.filesystem(out_dir, storage_options)
+    if not fs.exists(path):
+        return pa.array([], pa.string())
+    files = storage.list_files(out_dir, storage_options, extensions=(".parquet",))
+    if not files:
+        return pa.array([], pa.string())
+    ids = []
+    for f in files:
+        _, p = storage.filesystem(f, storage_options)
+        with fs.open(p, "rb") as fh:
+            ids.append(pq.read_table(fh, columns=["audio_id"])["audio_id"])
+    return pa.chunked_array(ids, pa.string()).combine_chunks() if ids else pa.array([], pa.string())
+
+
+def clear(out_dir: str, storage_options: dict | None = None) -> int:
+    """--overwrite: remove this version's Parquet files (other versions stay). Returns the count."""
+    fs, path = storage.filesystem(out_dir, storage_options)
+    if not fs.exists(path):
+        return 0
+    files = storage.list_files(out_dir, storage_options, extensions=(".parquet",))
+    for f in files:
+        fs.rm(storage.filesystem(f, storage_options)[1])
+    return len(files)
+
+
+def write_table(table: pa.Table, uri: str, storage_options: dict | None = None,
+                compression: str = "zstd") -> None:
+    """Write a Parquet file so that it appears complete or not at all."""
+    fs, path = storage.filesystem(uri, storage_options)
+    parent = path.rsplit("/", 1)[0]
+    fs.makedirs(parent, exist_ok=True)
+    if storage.protocol_of(uri) == "file":
+        tmp = f"{parent}/.tmp-{uuid.uuid4().hex}.parquet"
+        with fs.open(tmp, "wb") as f:
+            pq.write_table(table, f, compression=compression)
+        fs.mv(tmp, path)
+    else:
+        with fs.open(path, "wb") as f:
+            pq.write_table(table, f, compression=compression)
+
+
+def write_json(obj: dict, uri: str, storage_options: dict | None = None) -> None:
+    fs, path = storage.filesystem(uri, storage_options)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+
+
+def write_block(batch: pa.Table, out_dir: str, storage_options: dict | None = None,
+                compression: str = "zstd") -> pa.Table:
+    """Ray Data stage (CPU tasks): write one block, return one small stats row for the report."""
+    if batch.num_rows == 0:
+        return block_stats(batch, None)
+    table = batch.cast(OUTPUT_SCHEMA) if batch.schema != OUTPUT_SCHEMA else batch
+    uri = storage.join(out_dir, part_name(table["audio_id"].to_pylist()))
+    write_table(table, uri, storage_options, compression)
+    return block_stats(table, uri)

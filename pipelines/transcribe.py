@@ -1,0 +1,195 @@
+"""The transcription job: object storage in, Ray Data CPU decode, ASR actor pool, Parquet out.
+
+    python -m pipelines.transcribe --config configs/demo.yaml --input s3://bucket/audio/ \
+        --output s3://bucket/transcripts/ [--backend whisper] [--set asr.batch_size=8] [--overwrite]
+
+Locally it starts a Ray cluster on loopback; under `ray job submit` (RAY_ADDRESS set) it joins that
+cluster. The graph: source rows -> decode (tasks) -> ASR (actor pool) -> write (tasks) -> stats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import pyarrow as pa
+
+from operators import sources, storage, write
+from operators.asr import resolve_identity
+from operators.asr.stage import ASRStage
+from operators.decode import decode_batch
+from operators.config import ConfigError, JobConfig, load_config
+from operators.report import STATS_SCHEMA, Summary, format_summary
+from operators.schema import SOURCE_SCHEMA
+
+log = logging.getLogger("pipelines.transcribe")
+
+MAX_SOURCE_BLOCKS = 512
+
+
+def init_ray(cfg: JobConfig) -> bool:
+    """Join the configured/ambient cluster or start a local one on loopback. True if we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return False
+    # keep every connection of a local cluster on 127.0.0.1 (design.md: environment facts)
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    ray.init(include_dashboard=False, _node_ip_address="127.0.0.1")
+    return True
+
+
+def _split(table: pa.Table, rows_per_block: int) -> list[pa.Table]:
+    return [table.slice(i, rows_per_block) for i in range(0, table.num_rows, rows_per_block)] or [table]
+
+
+def _expand_units(batch: pa.Table, source: sources.Source) -> pa.Table:
+    """Ray task: container units (tar shards, HF Parquet files) -> source rows; a unit that cannot be
+    read becomes one error row (audio_id = the unit's id) instead of failing the job."""
+    out = []
+    for unit in batch["unit"].to_pylist():
+        try:
+            out.append(source.expand(unit))
+        except Exception as e:  # noqa: BLE001 - reported as an error row
+            unit_id = storage.relative_id(unit, source.uri)
+            out.append(sources.source_table([unit_id], [unit], errors=[f"{type(e).__name__}: {e}"]))
+    return pa.concat_tables(out) if out else SOURCE_SCHEMA.empty_table()
+
+
+def _drop_done(batch: pa.Table, done: Any) -> pa.Table:
+    import ray
+
+    ids = ray.get(done) if isinstance(done, ray.ObjectRef) else done
+    return sources.drop_done(batch, ids)
+
+
+def plan(cfg: JobConfig) -> dict:
+    """Everything decided on the driver before any audio is read."""
+    model_id, revision = resolve_identity(cfg.asr.backend, cfg.asr.model)
+    out_dir = write.version_dir(cfg.output.uri, cfg.asr.backend, model_id, revision)
+    return {"backend": cfg.asr.backend, "model": model_id, "model_revision": revision, "output": out_dir}
+
+
+def build(cfg: JobConfig, info: dict):
+    """The Ray Data graph; `info` receives listing counts."""
+    import ray
+
+    source = sources.make_source(cfg.input)
+    units = source.list_units()
+    done = pa.array([], pa.string())
+    if cfg.output.overwrite:
+        info["removed_parquet_files"] = write.clear(info["output"], cfg.output.storage_options)
+    else:
+        done = write.done_ids(info["output"], cfg.output.storage_options)
+    info["skipped_already_done"] = 0
+
+    if source.expands:
+        info["inputs_listed"] = f"{units.num_rows} {type(source).__name__} units"
+        ds = ray.data.from_arrow(_split(units, 1))
+        ds = ds.map_batches(_expand_units, fn_kwargs={"source": source}, batch_size=1,
+                            batch_format="pyarrow", num_cpus=cfg.decode.num_cpus)
+        if len(done):
+            info["skipped_already_done"] = f"{len(done)} ids written before (filtered while reading)"
+            ds = ds.map_batches(_drop_done, fn_kwargs={"done": ray.put(done)}, batch_format="pyarrow",
+                                batch_size=None, num_cpus=0.1)
+        if cfg.input.limit:
+            ds = ds.limit(cfg.input.limit)
+    else:
+        info["inputs_listed"] = units.num_rows
+        units, dups = sources.dedupe(units)
+        info["duplicate_ids_dropped"] = dups
+        if dups:
+            log.warning("%d rows repeat an audio_id already listed; the first of each is kept", dups)
+        before = units.num_rows
+        units = sources.drop_done(units, done)
+        info["skipped_already_done"] = before - units.num_rows
+        if cfg.input.limit:
+            units = units.slice(0, cfg.input.limit)
+        if units.num_rows == 0:
+            return None
+        per_block = max(cfg.decode.batch_size, math.ceil(units.num_rows / MAX_SOURCE_BLOCKS))
+        ds = ray.data.from_arrow(_split(units, per_block))
+
+    ds = ds.map_batches(decode_batch, fn_kwargs={"cfg": cfg}, batch_size=cfg.decode.batch_size,
+                        batch_format="pyarrow", num_cpus=cfg.decode.num_cpus)
+    ds = ds.map_batches(
+        ASRStage, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.asr.files_per_batch,
+        batch_format="pyarrow", num_cpus=cfg.asr.num_cpus, num_gpus=cfg.asr.num_gpus or None,
+        compute=ray.data.ActorPoolStrategy(
+            min_size=cfg.asr.num_actors, max_size=cfg.asr.max_actors or cfg.asr.num_actors,
+            max_tasks_in_flight_per_actor=cfg.asr.max_tasks_in_flight_per_actor))
+    ds = ds.map_batches(
+        write.write_block, fn_kwargs={
+            "out_dir": info["output"], "storage_options": cfg.output.storage_options,
+            "compression": cfg.write.compression},
+        batch_size=None, batch_format="pyarrow", num_cpus=cfg.write.num_cpus)
+    return ds
+
+
+def run(cfg: JobConfig) -> dict:
+    """Run the job to the end; returns (and writes next to the output) the summary."""
+    import ray
+
+    if not cfg.input.uri or not cfg.output.uri:
+        raise ConfigError("input.uri and output.uri are required: pass --input URI --output URI")
+    started = init_ray(cfg)
+    try:
+        ray.data.DataContext.get_current().enable_progress_bars = cfg.ray.progress_bars
+        t0 = time.time()
+        info = {"job": cfg.name, **plan(cfg)}
+        ds = build(cfg, info)
+        summary = Summary()
+        if ds is not None:
+            for stats in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                summary.add(stats.cast(STATS_SCHEMA))
+        result = summary.as_dict(time.time() - t0, **info)
+        write.write_json(result, storage.join(info["output"], write.SUMMARY_NAME),
+                         cfg.output.storage_options)
+        return result
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m pipelines.transcribe", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="job profile YAML (configs/*.yaml)")
+    p.add_argument("--input", help="manifest, audio glob/prefix, tar shards or HF Parquet (input.uri)")
+    p.add_argument("--output", help="output directory (output.uri)")
+    p.add_argument("--backend", help="ASR backend (asr.backend)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set asr.batch_size=8 (repeatable)")
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help="redo every input of this model revision instead of resuming")
+    p.add_argument("--limit", type=int, help="take only the first N inputs (input.limit)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides, **{
+            "input.uri": args.input, "output.uri": args.output, "asr.backend": args.backend,
+            "output.overwrite": args.overwrite, "input.limit": args.limit})
+        result = run(cfg)
+    except (ConfigError, sources.InputError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_summary(result))
+    print(f"summary: {storage.join(result['output'], write.SUMMARY_NAME)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
