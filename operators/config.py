@@ -131,15 +131,23 @@ class JobConfig(_Section):
         """The config as a dict with storage credentials hidden (safe to print and log)."""
         data = self.model_dump()
         for section in ("input", "output"):
-            data[section]["storage_options"] = {
-                k: ("***" if _is_secret(k) else v) for k, v in data[section]["storage_options"].items()
-            }
+            data[section]["storage_options"] = _redact(data[section]["storage_options"])
         return data
 
 
 def _is_secret(key: str) -> bool:
     key = key.lower()
     return any(word in key for word in ("secret", "key", "token", "password", "credential"))
+
+
+def _redact(value: Any) -> Any:
+    """Mask credential-like keys at any depth (s3fs nests them in client_kwargs/config_kwargs)."""
+    if isinstance(value, dict):
+        return {k: ("***" if _is_secret(str(k)) and not isinstance(v, dict) else _redact(v))
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v) for v in value]
+    return value
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:

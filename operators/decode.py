@@ -94,17 +94,36 @@ def _check_header(rate: int, channels: int, limits: _Limits) -> None:
         raise AudioError("bad_header", f"{channels} channels is outside 1..{limits.max_channels}")
 
 
-def _wav_declared_data_bytes(data: bytes) -> int | None:
-    """Size the RIFF/WAVE header declares for its data chunk, or None (not RIFF, or streaming)."""
+# data-chunk sizes that mean "length unknown": written by streaming recorders (0, 0xFFFFFFFF) and by
+# sox when its output is not seekable (0x7FFFF000)
+_UNKNOWN_WAV_SIZES = (0, 0xFFFFFFFF, 0x7FFFF000)
+
+
+def _wav_data_chunk(data: bytes) -> tuple[int, int] | None:
+    """(offset of the samples, declared size) of a RIFF/WAVE data chunk; None if not RIFF/WAVE."""
     if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
         return None
     pos = 12
     while pos + 8 <= len(data):
         cid, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
         if cid == b"data":
-            return None if size in (0, 0xFFFFFFFF) else size  # 0/-1: length unknown (streamed)
+            return pos + 8, size
         pos += 8 + size + (size & 1)
     return None
+
+
+def _check_wav_length(data: bytes, f: sf.SoundFile) -> None:
+    """A WAV whose header declares more sample bytes than the file holds was cut off (libsndfile
+    would silently read what is there)."""
+    chunk = _wav_data_chunk(data)
+    frame_bytes = _wav_frame_bytes(f)
+    if chunk is None or not frame_bytes or chunk[1] in _UNKNOWN_WAV_SIZES:
+        return
+    offset, declared = chunk
+    held = len(data) - offset
+    if declared > held:
+        raise AudioError("truncated", f"WAV header declares {declared / frame_bytes / f.samplerate:.2f} s "
+                         f"of audio but the file holds {held / frame_bytes / f.samplerate:.2f} s")
 
 
 def _decode_soundfile(data: bytes, limits: _Limits) -> np.ndarray:
@@ -116,25 +135,23 @@ def _decode_soundfile(data: bytes, limits: _Limits) -> np.ndarray:
         _check_header(f.samplerate, f.channels, limits)
         declared = f.frames
         if declared > 0 and declared / f.samplerate > limits.max_duration_s:
-            raise AudioError("too_long", f"{declared / f.samplerate / 3600:.2f} h is longer than "
+            raise AudioError("too_long", f"{declared / f.samplerate:.0f} s is longer than "
                              f"decode.max_duration_s={limits.max_duration_s:g} s")
-        wav_bytes = _wav_declared_data_bytes(data)
-        if wav_bytes is not None:
-            frame_bytes = _wav_frame_bytes(f)
-            if frame_bytes and wav_bytes > len(data):
-                held = (len(data) // frame_bytes) / f.samplerate
-                raise AudioError("truncated", f"WAV header declares {wav_bytes / frame_bytes / f.samplerate:.1f} s "
-                                 f"of audio but the file holds {held:.1f} s")
+        if declared == 0 and f.format in ("WAV", "WAVEX"):
+            raise _NotRecognised("WAV with unknown length")  # PyAV reads to the end of the data
+        _check_wav_length(data, f)
         out = _Mono16k(f.samplerate, limits)
         block = BLOCK_S * f.samplerate
         try:
-            for chunk in f.blocks(blocksize=block, dtype="float32", always_2d=True):
+            # f.blocks() pads short reads up to the declared length; read until nothing comes back
+            while len(chunk := f.read(block, dtype="float32", always_2d=True)):
                 out.add(chunk)
         except sf.LibsndfileError as e:
             kind = "truncated" if "sync" in str(e) or "end of" in str(e).lower() else "decode"
             raise AudioError(kind, f"{e} after {out.source_frames / f.samplerate:.2f} s") from None
-        if f.format in ("FLAC", "WAV", "WAVEX", "AIFF") and declared > 0 \
-                and out.source_frames < declared:
+        # lossless formats know their exact length; lossy ones may differ by encoder padding
+        slack = 0 if f.format in ("FLAC", "WAV", "WAVEX", "AIFF") else max(f.samplerate // 2, declared // 20)
+        if declared > 0 and out.source_frames < declared - slack:
             raise AudioError("truncated", f"decoded {out.source_frames / f.samplerate:.2f} s of the "
                              f"{declared / f.samplerate:.2f} s the header declares")
         return out.finish()

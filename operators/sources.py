@@ -8,6 +8,7 @@ the path below the input root, plus the member key for tar shards.
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import logging
@@ -79,6 +80,10 @@ class Source:
     def expand(self, unit: str) -> pa.Table:  # pragma: no cover - containers override
         raise NotImplementedError
 
+    def unit_id(self, unit: str) -> str:
+        """The id prefix of a container's rows (and the id of its error row if it is unreadable)."""
+        return storage.relative_id(unit, self.uri)
+
 
 class ManifestSource(Source):
     """JSONL / CSV / Parquet manifests; NeMo rows (audio_filepath, duration, text) or plain rows
@@ -93,8 +98,13 @@ class ManifestSource(Source):
             data = f.read()
         if lower.endswith((".csv", ".tsv")):
             delim = "\t" if lower.endswith(".tsv") else ","
+            header = next(csv.reader(io.StringIO(data.split(b"\n", 1)[0].decode("utf-8-sig")),
+                                     delimiter=delim), [])
+            # every column as text: ids like 0001 must not become the integer 1
             return pacsv.read_csv(io.BytesIO(data), parse_options=pacsv.ParseOptions(delimiter=delim),
-                                  convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
+                                  convert_options=pacsv.ConvertOptions(
+                                      strings_can_be_null=True,
+                                      column_types={name: pa.string() for name in header}))
         try:
             return pajson.read_json(io.BytesIO(data))
         except pa.ArrowInvalid as e:
@@ -155,9 +165,12 @@ class WebDatasetSource(Source):
             raise InputError(f"no .tar shards under {self.uri!r}")
         return pa.table({"unit": shards})
 
-    def expand(self, unit: str) -> pa.Table:
+    def unit_id(self, unit: str) -> str:
         shard_id = storage.relative_id(unit, self.uri)
-        shard_id = shard_id[:-4] if shard_id.endswith(".tar") else shard_id
+        return shard_id[:-4] if shard_id.endswith(".tar") else shard_id
+
+    def expand(self, unit: str) -> pa.Table:
+        shard_id = self.unit_id(unit)
         exts = tuple(e.lower() for e in self.cfg.extensions)
         samples: dict[str, dict[str, Any]] = {}
         order: list[str] = []
@@ -226,7 +239,7 @@ class HFParquetSource(Source):
         audio = table[audio_col].combine_chunks()
         blobs = audio.field("bytes").to_pylist()
         paths = audio.field("path").to_pylist() if audio.type.get_field_index("path") >= 0 else [None] * n
-        file_id = storage.relative_id(unit, self.uri)
+        file_id = self.unit_id(unit)
         id_col = self.cfg.id_column or _first(names, ID_COLUMNS)
         given = _as_str_list(table[id_col], n) if id_col else [None] * n
         ids = [g or (f"{file_id}/{p}" if p else f"{file_id}#{i}") for i, (g, p) in enumerate(zip(given, paths))]

@@ -52,23 +52,26 @@ def list_files(uri: str, storage_options: dict[str, Any] | None = None,
     Hidden and underscore-prefixed names are skipped (they are markers, summaries or temp files).
     """
     fs, path = filesystem(uri, storage_options)
+    single = False
     if is_glob(uri):
         found = fs.glob(path)
     elif fs.isdir(path):
         found = fs.find(path)
     elif fs.exists(path):
-        found = [path]
+        found, single = [path], True
     else:
         raise FileNotFoundError(f"input {uri!r} does not exist (no such file, directory or prefix)")
     exts = tuple(e.lower() for e in extensions) if extensions else None
     out = []
     for p in found:
+        full = unstrip(fs, p, uri)
         name = p.rstrip("/").rsplit("/", 1)[-1]
-        if not name or name.startswith((".", "_")):
+        # hidden / underscore names below the root are markers, summaries, temp or checkpoint dirs
+        if not single and any(part.startswith((".", "_")) for part in relative_id(full, uri).split("/")):
             continue
         if exts and not name.lower().endswith(exts):
             continue
-        out.append(unstrip(fs, p, uri))
+        out.append(full)
     return sorted(set(out))
 
 

@@ -60,8 +60,8 @@ def _expand_units(batch: pa.Table, source: sources.Source) -> pa.Table:
         try:
             out.append(source.expand(unit))
         except Exception as e:  # noqa: BLE001 - reported as an error row
-            unit_id = storage.relative_id(unit, source.uri)
-            out.append(sources.source_table([unit_id], [unit], errors=[f"{type(e).__name__}: {e}"]))
+            out.append(sources.source_table([source.unit_id(unit)], [unit],
+                                            errors=[f"{type(e).__name__}: {e}"]))
     return pa.concat_tables(out) if out else SOURCE_SCHEMA.empty_table()
 
 

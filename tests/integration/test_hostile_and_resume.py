@@ -1,0 +1,112 @@
+"""Hostile corpora and killed jobs: every input id ends exactly once, bad files as error rows."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pipelines.transcribe import run
+from tests.integration.conftest import ROOT, clip_bytes, corpus, job_config, jsonl, put, read_output
+from tests.unit import audio_fixtures as af
+
+pytestmark = pytest.mark.integration
+
+HOSTILE = {  # name -> (bytes, expected error kind or None for a valid file)
+    "truncated.flac": (af.truncated_flac(), "truncated"),
+    "zero.wav": (af.zero_bytes(), "empty"),
+    "text.wav": (af.text_as_wav(), "undecodable"),
+    "hours.wav": (af.wav_claiming_hours(), "truncated"),
+    "nan.wav": (af.float_wav_with_nan(), "invalid_samples"),
+    "absurd-rate.wav": (af.wav_absurd_rate(), "bad_header"),
+    "eight-channels-96k.wav": (af.wav_8ch_96k(), None),
+}
+
+
+def test_hostile_corpus_every_id_once(s3, ray_cluster, prefix):
+    good = corpus(3)
+    rows = []
+    for e in good:
+        put(s3, f"{prefix}/in/{e['uri']}", clip_bytes(e))
+        rows.append({"audio_id": e["uri"], "uri": e["uri"], "text": e["text"]})
+    for name, (data, _) in HOSTILE.items():
+        put(s3, f"{prefix}/in/{name}", data)
+        rows.append({"audio_id": name, "uri": name})
+    rows.append({"audio_id": "missing.flac", "uri": "missing.flac"})  # listed, never uploaded
+    put(s3, f"{prefix}/in/manifest.jsonl", jsonl(rows))
+
+    result = run(job_config(f"{prefix}/in/manifest.jsonl", f"{prefix}/out"))
+    out = read_output(s3, result["output"])
+    ids = [r["audio_id"] for r in out]
+    assert sorted(ids) == sorted(r["audio_id"] for r in rows) and len(ids) == len(set(ids))
+    by_id = {r["audio_id"]: r for r in out}
+    for name, (_, kind) in HOSTILE.items():
+        r = by_id[name]
+        if kind is None:
+            assert r["status"] == "ok", r
+            assert 1.9 < r["duration_s"] < 2.1
+        else:
+            assert r["status"] == "error" and r["error"].split(":")[0] == kind, (name, r["error"])
+            assert r["text"] is None
+    assert by_id["missing.flac"]["error"].startswith("fetch:")
+    for e in good:
+        assert by_id[e["uri"]]["status"] == "ok" and by_id[e["uri"]]["text"]
+    expected_kinds = {}
+    for _, kind in HOSTILE.values():
+        if kind:
+            expected_kinds[kind] = expected_kinds.get(kind, 0) + 1
+    expected_kinds["fetch"] = 1
+    assert result["errors_by_kind"] == expected_kinds
+    assert result["ok"] == len(good) + 1
+
+
+def _count_parts(s3, out_prefix: str) -> int:
+    fs = s3.filesystem()
+    root = out_prefix.removeprefix("s3://")
+    return sum(p.endswith(".parquet") for p in fs.find(root)) if fs.exists(root) else 0
+
+
+def test_killed_job_restarts_without_duplicates_or_gaps(s3, ray_cluster, prefix):
+    """A job SIGKILLed after its first files are written, then re-run: each id exactly once."""
+    import ray
+
+    items = corpus()  # 20 clips
+    rows = []
+    for e in items:
+        put(s3, f"{prefix}/in/{e['uri']}", clip_bytes(e))
+        rows.append({"audio_id": e["audio_id"], "uri": e["uri"], "text": e["text"]})
+    put(s3, f"{prefix}/in/manifest.jsonl", jsonl(rows))
+    args = [sys.executable, "-m", "pipelines.transcribe", "--config", str(ROOT / "configs/demo.yaml"),
+            "--input", f"{prefix}/in/manifest.jsonl", "--output", f"{prefix}/out",
+            "--set", "ray.progress_bars=false", "--set", "asr.files_per_batch=2",
+            "--set", "decode.batch_size=2"]
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while _count_parts(s3, f"{prefix}/out") < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    written_before = read_output(s3, f"{prefix}/out")
+    assert 0 < len(written_before) < len(items), "the kill should land part-way through the job"
+
+    result = run(job_config(f"{prefix}/in/manifest.jsonl", f"{prefix}/out"))
+    assert result["skipped_already_done"] == len(written_before)
+    assert result["files"] == len(items) - len(written_before)
+    out = read_output(s3, f"{prefix}/out")
+    ids = [r["audio_id"] for r in out]
+    assert len(ids) == len(set(ids)), "duplicate ids after restart"
+    assert sorted(ids) == sorted(e["audio_id"] for e in items), "ids missing after restart"
+
+    # a third run has nothing left to do; --overwrite redoes everything, still once each
+    again = run(job_config(f"{prefix}/in/manifest.jsonl", f"{prefix}/out"))
+    assert again["files"] == 0 and again["skipped_already_done"] == len(items)
+    redo = run(job_config(f"{prefix}/in/manifest.jsonl", f"{prefix}/out", **{"output.overwrite": True}))
+    assert redo["files"] == len(items)
+    ids = [r["audio_id"] for r in read_output(s3, f"{prefix}/out")]
+    assert sorted(ids) == sorted(e["audio_id"] for e in items)
