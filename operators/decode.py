@@ -50,9 +50,10 @@ class _Limits:
 class _Mono16k:
     """Accumulates (frames, channels) blocks at `rate` into 16 kHz mono float32."""
 
-    def __init__(self, rate: int, limits: _Limits):
+    def __init__(self, rate: int, limits: _Limits, check_finite: bool = True):
         self.rate = rate
         self.limits = limits
+        self.check_finite = check_finite  # integer sources cannot hold NaN/inf: skip the scan
         self.stream = None if rate == SAMPLE_RATE else soxr.ResampleStream(
             rate, SAMPLE_RATE, 1, dtype="float32", quality=limits.quality)
         self.parts: list[np.ndarray] = []
@@ -62,7 +63,7 @@ class _Mono16k:
         if block.ndim == 2:
             block = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
         block = np.ascontiguousarray(block, dtype=np.float32)
-        if not np.isfinite(block).all():
+        if self.check_finite and not np.isfinite(block).all():
             bad = int((~np.isfinite(block)).sum())
             raise AudioError("invalid_samples", f"{bad} NaN/inf samples near "
                              f"{self.source_frames / self.rate:.2f} s")
@@ -78,7 +79,8 @@ class _Mono16k:
     def finish(self) -> np.ndarray:
         if self.stream is not None:
             self.parts.append(self.stream.resample_chunk(np.zeros(0, np.float32), last=True))
-        out = np.concatenate(self.parts) if self.parts else np.zeros(0, np.float32)
+        parts = [p for p in self.parts if len(p)]
+        out = parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.zeros(0, np.float32)
         if len(out) == 0:
             raise AudioError("too_short", "no audio samples")
         if len(out) / SAMPLE_RATE < self.limits.min_duration_s:
@@ -140,11 +142,12 @@ def _decode_soundfile(data: bytes, limits: _Limits) -> np.ndarray:
         if declared == 0 and f.format in ("WAV", "WAVEX"):
             raise _NotRecognised("WAV with unknown length")  # PyAV reads to the end of the data
         _check_wav_length(data, f)
-        out = _Mono16k(f.samplerate, limits)
+        out = _Mono16k(f.samplerate, limits, check_finite=f.subtype in ("FLOAT", "DOUBLE"))
         block = BLOCK_S * f.samplerate
+        mono = f.channels == 1
         try:
             # f.blocks() pads short reads up to the declared length; read until nothing comes back
-            while len(chunk := f.read(block, dtype="float32", always_2d=True)):
+            while len(chunk := f.read(block, dtype="float32", always_2d=not mono)):
                 out.add(chunk)
         except sf.LibsndfileError as e:
             kind = "truncated" if "sync" in str(e) or "end of" in str(e).lower() else "decode"

@@ -6,6 +6,10 @@ AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION) when the options d
 
 from __future__ import annotations
 
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 from typing import Any
 
 import fsspec
@@ -89,11 +93,63 @@ def relative_id(uri: str, root: str) -> str:
     return uri.split("://", 1)[-1].lstrip("/")
 
 
+# storage_options keys the pyarrow S3 client can express; anything else keeps the fetch on s3fs
+_ARROW_S3_KEYS = {"key", "secret", "token", "endpoint_url", "client_kwargs", "anon"}
+
+
+@lru_cache(maxsize=8)
+def _arrow_s3(options_json: str, env_endpoint: str | None, env_region: str | None):
+    import pyarrow.fs as pafs
+
+    opts = json.loads(options_json)
+    client = opts.get("client_kwargs") or {}
+    endpoint = opts.get("endpoint_url") or client.get("endpoint_url") or env_endpoint
+    kwargs: dict[str, Any] = {"region": client.get("region_name") or env_region or "us-east-1"}
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
+    if opts.get("anon"):
+        kwargs["anonymous"] = True
+    elif opts.get("key"):
+        kwargs.update(access_key=opts["key"], secret_key=opts.get("secret"), session_token=opts.get("token"))
+    return pafs.S3FileSystem(**kwargs)
+
+
+def arrow_s3(storage_options: dict[str, Any] | None):
+    """A pyarrow (C++) S3 client equivalent to what s3fs would build from the same options and the
+    standard AWS_* environment, or None where the options hold something only s3fs understands.
+    It fetches small objects at about a third of s3fs's CPU cost per request."""
+    opts = storage_options or {}
+    if set(opts) - _ARROW_S3_KEYS or set(opts.get("client_kwargs") or {}) - {"endpoint_url", "region_name"}:
+        return None
+    try:
+        return _arrow_s3(json.dumps(opts, sort_keys=True), os.environ.get("AWS_ENDPOINT_URL_S3")
+                         or os.environ.get("AWS_ENDPOINT_URL"),
+                         os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION"))
+    except Exception:  # noqa: BLE001 - fall back to s3fs
+        return None
+
+
+def _read_arrow(fs, path: str) -> bytes | Exception:
+    try:
+        with fs.open_input_stream(path) as f:
+            return f.read()
+    except Exception as e:  # noqa: BLE001 - returned per file
+        return e
+
+
 def fetch_many(uris: list[str], storage_options: dict[str, Any] | None = None) -> list[bytes | Exception]:
-    """Fetch whole objects concurrently (s3fs gathers the GETs); per-URI exceptions are returned,
-    not raised, so one missing object never fails the batch."""
+    """Fetch whole objects concurrently; per-URI exceptions are returned, not raised, so one missing
+    object never fails the batch. s3:// goes through pyarrow's S3 client where it can (threads in
+    C++), everything else through fsspec's batched cat."""
     if not uris:
         return []
+    if all(protocol_of(u) in ("s3", "s3a") for u in uris):
+        fs = arrow_s3(storage_options)
+        if fs is not None:
+            paths = [u.split("://", 1)[1] for u in uris]
+            with ThreadPoolExecutor(min(16, len(paths))) as pool:
+                return list(pool.map(lambda p: _read_arrow(fs, p), paths))
     fs, _ = filesystem(uris[0], storage_options)
     paths = [filesystem(u, storage_options)[1] for u in uris]
     try:
