@@ -79,12 +79,10 @@ def plan(cfg: JobConfig) -> dict:
     return {"backend": cfg.asr.backend, "model": model_id, "model_revision": revision, "output": out_dir}
 
 
-def build(cfg: JobConfig, info: dict):
-    """The Ray Data graph; `info` receives listing counts."""
+def build(cfg: JobConfig, info: dict, source: sources.Source, units: pa.Table):
+    """The Ray Data graph over the listed `units`; `info` receives listing counts."""
     import ray
 
-    source = sources.make_source(cfg.input)
-    units = source.list_units()
     done = pa.array([], pa.string())
     if cfg.output.overwrite:
         info["removed_parquet_files"] = write.clear(info["output"], cfg.output.storage_options)
@@ -141,12 +139,14 @@ def run(cfg: JobConfig) -> dict:
 
     if not cfg.input.uri or not cfg.output.uri:
         raise ConfigError("input.uri and output.uri are required: pass --input URI --output URI")
+    t0 = time.time()
+    info = {"job": cfg.name, **plan(cfg)}
+    source = sources.make_source(cfg.input)
+    units = source.list_units()  # on the driver, before Ray starts: a bad input fails fast
     started = init_ray(cfg)
     try:
         ray.data.DataContext.get_current().enable_progress_bars = cfg.ray.progress_bars
-        t0 = time.time()
-        info = {"job": cfg.name, **plan(cfg)}
-        ds = build(cfg, info)
+        ds = build(cfg, info, source, units)
         summary = Summary()
         if ds is not None:
             for stats in ds.iter_batches(batch_format="pyarrow", batch_size=None):
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             "input.uri": args.input, "output.uri": args.output, "asr.backend": args.backend,
             "output.overwrite": args.overwrite, "input.limit": args.limit})
         result = run(cfg)
-    except (ConfigError, sources.InputError) as e:
+    except (ConfigError, sources.InputError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_summary(result))
