@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# the CPU build of torch lies on this kind of machine's disk; on a GPU box: make TORCH_SPEC=torch
+TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
 .PHONY: install demo test test-unit bench clean corpus
@@ -9,6 +11,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet "$(TORCH_SPEC)"
 	$(VENV)/bin/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 

@@ -1,0 +1,106 @@
+"""Granite Speech log-mel features in plain torch (torchaudio does not import next to CPU torch here).
+
+The math of IBM's extractor (torchaudio MelSpectrogram defaults): 16 kHz, n_fft 512, Hann window 400
+(periodic), hop 160, 80 HTK mel bins without filter normalisation, power 2, centred with reflect
+padding; log10(clamp(mel, 1e-10)); per-utterance floor at max - 8; /4 + 1; pairs of frames stacked
+into 160-dim vectors at 50 Hz. Two variants differ in one detail:
+
+- "nar" (granite-speech-4.1-2b-nar): keep the first 2 * (n // 320) mel frames, then take the max.
+- "ar" (transformers' GraniteSpeechFeatureExtractor): the max is taken over all n // 160 + 1 frames,
+  then an odd last frame is dropped.
+
+Features are computed per clip, so padding in a batch never changes a clip's features.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+
+SAMPLE_RATE = 16_000
+N_FFT = 512
+WIN_LENGTH = 400
+HOP = 160
+N_MELS = 80
+
+Variant = Literal["nar", "ar"]
+
+
+def _hz_to_mel(f: torch.Tensor) -> torch.Tensor:
+    return 2595.0 * torch.log10(1.0 + f / 700.0)
+
+
+def _mel_to_hz(m: torch.Tensor) -> torch.Tensor:
+    return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
+
+
+@lru_cache(maxsize=8)
+def mel_filterbank(n_mels: int = N_MELS, n_fft: int = N_FFT, sample_rate: int = SAMPLE_RATE,
+                   device: str = "cpu") -> torch.Tensor:
+    """(n_fft // 2 + 1, n_mels) triangular HTK filters, no area normalisation, float32."""
+    n_freqs = n_fft // 2 + 1
+    all_freqs = torch.linspace(0, sample_rate // 2, n_freqs)
+    m_pts = torch.linspace(_hz_to_mel(torch.tensor(0.0)).item(),
+                           _hz_to_mel(torch.tensor(sample_rate / 2.0)).item(), n_mels + 2)
+    f_pts = _mel_to_hz(m_pts)
+    f_diff = f_pts[1:] - f_pts[:-1]
+    slopes = f_pts.unsqueeze(0) - all_freqs.unsqueeze(1)
+    down = -slopes[:, :-2] / f_diff[:-1]
+    up = slopes[:, 2:] / f_diff[1:]
+    return torch.clamp(torch.minimum(down, up), min=0.0).to(device=device, dtype=torch.float32)
+
+
+@lru_cache(maxsize=8)
+def _window(device: str) -> torch.Tensor:
+    return torch.hann_window(WIN_LENGTH, periodic=True, dtype=torch.float32, device=device)
+
+
+def mel_power(audio: torch.Tensor) -> torch.Tensor:
+    """(frames, n_mels) mel power spectrogram of one 1-D clip; frames = n // HOP + 1."""
+    device = str(audio.device)
+    spec = torch.stft(audio.float(), N_FFT, hop_length=HOP, win_length=WIN_LENGTH, window=_window(device),
+                      center=True, pad_mode="reflect", normalized=False, onesided=True, return_complex=True)
+    power = spec.real.square() + spec.imag.square()  # (freqs, frames)
+    return power.transpose(0, 1) @ mel_filterbank(device=device)
+
+
+def num_frames(n_samples: int, variant: Variant = "nar") -> int:
+    """Encoder frames (50 Hz, 160-dim) a clip of n samples yields."""
+    return n_samples // 320 if variant == "nar" else (n_samples // HOP + 1) // 2
+
+
+def log_mel(audio: torch.Tensor | np.ndarray, variant: Variant = "nar") -> torch.Tensor:
+    """One 16 kHz mono clip -> (num_frames(n), 160) float32 features."""
+    audio = torch.as_tensor(audio)
+    if audio.ndim != 1:
+        raise ValueError(f"expected a 1-D clip, got shape {tuple(audio.shape)}")
+    n = audio.shape[0]
+    reflect_min = N_FFT // 2 + 1
+    if n < reflect_min:  # reflect padding needs n > n_fft / 2: pad with zeros (silence)
+        audio = torch.nn.functional.pad(audio, (0, reflect_min - n))
+    mel = mel_power(audio)[: n // HOP + 1]
+    logmel = mel.clamp(min=1e-10).log10()
+    if variant == "nar":
+        logmel = logmel[: 2 * (n // 320)]
+        if logmel.shape[0] == 0:
+            return logmel.new_zeros((0, 2 * N_MELS))
+        logmel = torch.maximum(logmel, logmel.max() - 8.0) / 4 + 1
+    else:
+        logmel = torch.maximum(logmel, logmel.max() - 8.0) / 4 + 1
+        if logmel.shape[0] % 2:
+            logmel = logmel[:-1]
+    return logmel.reshape(-1, 2 * N_MELS)
+
+
+def batch_features(audios: Sequence[torch.Tensor | np.ndarray], variant: Variant = "nar",
+                   device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Clips -> (features (B, T_max, 160) zero-padded, lengths (B,) in frames), each clip computed
+    on its own (on `device`)."""
+    feats = [log_mel(torch.as_tensor(a).to(device), variant) for a in audios]
+    lengths = torch.tensor([f.shape[0] for f in feats], dtype=torch.long, device=device)
+    if not feats:
+        return torch.zeros((0, 0, 2 * N_MELS), device=device), lengths
+    return torch.nn.utils.rnn.pad_sequence(feats, batch_first=True), lengths
