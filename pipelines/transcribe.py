@@ -34,16 +34,22 @@ MAX_SOURCE_BLOCKS = 512
 
 def init_ray(cfg: JobConfig) -> bool:
     """Join the configured/ambient cluster or start a local one on loopback. True if we started it."""
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        # keep every connection of a local cluster on 127.0.0.1 (design.md: environment facts); Ray
+        # reads this once, when it is first imported, so it must be set before `import ray`
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
+    from ray._private import ray_constants
 
     if ray.is_initialized():
         return False
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
         return False
-    # keep every connection of a local cluster on 127.0.0.1 (design.md: environment facts)
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if ray_constants.ENABLE_RAY_CLUSTER:
+        log.warning("ray was imported before init_ray(); the local cluster may bind the machine's "
+                    "interface address instead of 127.0.0.1")
     ray.init(include_dashboard=False, _node_ip_address="127.0.0.1")
     return True
 
@@ -135,8 +141,6 @@ def build(cfg: JobConfig, info: dict, source: sources.Source, units: pa.Table):
 
 def run(cfg: JobConfig) -> dict:
     """Run the job to the end; returns (and writes next to the output) the summary."""
-    import ray
-
     if not cfg.input.uri or not cfg.output.uri:
         raise ConfigError("input.uri and output.uri are required: pass --input URI --output URI")
     t0 = time.time()
@@ -144,6 +148,8 @@ def run(cfg: JobConfig) -> dict:
     source = sources.make_source(cfg.input)
     units = source.list_units()  # on the driver, before Ray starts: a bad input fails fast
     started = init_ray(cfg)
+    import ray
+
     try:
         ray.data.DataContext.get_current().enable_progress_bars = cfg.ray.progress_bars
         ds = build(cfg, info, source, units)

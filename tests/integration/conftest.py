@@ -38,7 +38,6 @@ def s3():
 def ray_cluster(s3):
     import ray
 
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ctx = ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", num_cpus=2,
                    log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False

@@ -110,3 +110,9 @@ def test_killed_job_restarts_without_duplicates_or_gaps(s3, ray_cluster, prefix)
     assert redo["files"] == len(items)
     ids = [r["audio_id"] for r in read_output(s3, f"{prefix}/out")]
     assert sorted(ids) == sorted(e["audio_id"] for e in items)
+
+
+def test_local_cluster_stays_on_loopback(ray_cluster):
+    import ray
+
+    assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
