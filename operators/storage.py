@@ -32,12 +32,13 @@ def join(base: str, *parts: str) -> str:
     return out
 
 
-def unstrip(fs, path: str, like: str) -> str:
-    """Give a path that fsspec returned (no protocol) back the protocol of `like`."""
+def unstrip(path: str, like: str) -> str:
+    """Give a path that fsspec returned (no protocol) back the protocol of `like` (local paths
+    stay plain paths)."""
     proto = protocol_of(like)
-    if proto == "file":
-        return path if path.startswith("/") or "://" in like else path
-    return path if "://" in path else f"{proto}://{path}"
+    if proto == "file" or "://" in path:
+        return path
+    return f"{proto}://{path}"
 
 
 def read_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes:
@@ -68,7 +69,7 @@ def list_files(uri: str, storage_options: dict[str, Any] | None = None,
     exts = tuple(e.lower() for e in extensions) if extensions else None
     out = []
     for p in found:
-        full = unstrip(fs, p, uri)
+        full = unstrip(p, uri)
         name = p.rstrip("/").rsplit("/", 1)[-1]
         # hidden / underscore names below the root are markers, summaries, temp or checkpoint dirs
         if not single and any(part.startswith((".", "_")) for part in relative_id(full, uri).split("/")):

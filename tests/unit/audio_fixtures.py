@@ -115,26 +115,25 @@ def native_rate(fmt: str, sr: int) -> int:
 
 # ---------------------------------------------------------------- hostile bytes
 
-def _wav_data_offset(data: bytes) -> int:
-    """Offset of the 4-byte size field of the `data` chunk in a RIFF/WAVE file."""
+def _chunk_body(data: bytes, chunk_id: bytes) -> int:
+    """Offset of a RIFF/WAVE chunk's body (its 4-byte size field sits just before it)."""
     pos = 12
     while pos + 8 <= len(data):
         cid, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
-        if cid == b"data":
-            return pos + 4
+        if cid == chunk_id:
+            return pos + 8
         pos += 8 + size + (size & 1)
-    raise ValueError("no data chunk")
+    raise ValueError(f"no {chunk_id!r} chunk")
+
+
+def _wav_data_offset(data: bytes) -> int:
+    """Offset of the 4-byte size field of the `data` chunk."""
+    return _chunk_body(data, b"data") - 4
 
 
 def _fmt_offset(data: bytes) -> int:
     """Offset of the `fmt ` chunk body (audio_format, channels, rate, ...)."""
-    pos = 12
-    while pos + 8 <= len(data):
-        cid, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
-        if cid == b"fmt ":
-            return pos + 8
-        pos += 8 + size + (size & 1)
-    raise ValueError("no fmt chunk")
+    return _chunk_body(data, b"fmt ")
 
 
 def truncated_flac(seconds: float = 5.0) -> bytes:
