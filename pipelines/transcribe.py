@@ -18,8 +18,9 @@ import time
 from typing import Any
 
 import pyarrow as pa
+import yaml
 
-from operators import sources, storage, write
+from operators import runs, sources, storage, write
 from operators.asr import resolve_identity
 from operators.asr.stage import ASRStage
 from operators.decode import decode_batch
@@ -85,6 +86,35 @@ def plan(cfg: JobConfig) -> dict:
     return {"backend": cfg.asr.backend, "model": model_id, "model_revision": revision, "output": out_dir}
 
 
+def describe(cfg: JobConfig, info: dict, source: sources.Source, units: pa.Table) -> dict:
+    """The resolved plan (`--plan`): inputs, stages, resources, batch sizes, output; no audio read."""
+    done = 0 if cfg.output.overwrite else len(write.done_ids(info["output"], cfg.output.storage_options))
+    a = cfg.asr
+    inputs = {"uri": cfg.input.uri, "form": type(source).__name__, "listed": units.num_rows,
+              "listed_as": "containers (rows known once read)" if source.expands else "files",
+              "already_written_for_this_revision": done}
+    if not source.expands:
+        inputs["to_transcribe"] = max(0, min(units.num_rows - done, cfg.input.limit or units.num_rows))
+    return {
+        "job": cfg.name, "run_id": info.get("run_id"), "schedule_slot": info.get("schedule_slot"),
+        "input": inputs,
+        "stages": [
+            {"stage": "decode", "kind": "ray tasks", "num_cpus": cfg.decode.num_cpus,
+             "files_per_call": cfg.decode.batch_size, "max_duration_s": cfg.decode.max_duration_s,
+             "segment_max_s": cfg.segment.max_segment_s},
+            {"stage": "asr", "kind": "actor pool", "backend": a.backend, "model": info["model"],
+             "model_revision": info["model_revision"],
+             "actors": a.num_actors if not a.max_actors else f"{a.num_actors}..{a.max_actors}",
+             "num_gpus_per_actor": a.num_gpus, "num_cpus_per_actor": a.num_cpus,
+             "files_per_batch": a.files_per_batch, "segments_per_model_call": a.batch_size,
+             "max_tasks_in_flight_per_actor": a.max_tasks_in_flight_per_actor},
+            {"stage": "write", "kind": "ray tasks", "num_cpus": cfg.write.num_cpus,
+             "format": f"parquet ({cfg.write.compression})"},
+        ],
+        "output": {"dir": info["output"], "overwrite": cfg.output.overwrite},
+    }
+
+
 def build(cfg: JobConfig, info: dict, source: sources.Source, units: pa.Table):
     """The Ray Data graph over the listed `units`; `info` receives listing counts."""
     import ray
@@ -139,14 +169,25 @@ def build(cfg: JobConfig, info: dict, source: sources.Source, units: pa.Table):
     return ds
 
 
-def run(cfg: JobConfig) -> dict:
-    """Run the job to the end; returns (and writes next to the output) the summary."""
+def prepare(cfg: JobConfig, schedule_slot: str | None = None):
+    """Driver-side decisions, no Ray: identity, output location, run id, listing."""
     if not cfg.input.uri or not cfg.output.uri:
         raise ConfigError("input.uri and output.uri are required: pass --input URI --output URI")
-    t0 = time.time()
     info = {"job": cfg.name, **plan(cfg)}
+    if schedule_slot:
+        info["schedule_slot"] = runs.resolve_slot(schedule_slot)
+        info["run_id"] = runs.run_id(cfg, info["schedule_slot"])
     source = sources.make_source(cfg.input)
     units = source.list_units()  # on the driver, before Ray starts: a bad input fails fast
+    return info, source, units
+
+
+def run(cfg: JobConfig, schedule_slot: str | None = None) -> dict:
+    """Run the job to the end; returns (and writes next to the output) the summary."""
+    t0 = time.time()
+    info, source, units = prepare(cfg, schedule_slot)
+    if schedule_slot:
+        runs.begin(info["output"], info["run_id"], info["schedule_slot"], cfg.output.storage_options)
     started = init_ray(cfg)
     import ray
 
@@ -160,6 +201,9 @@ def run(cfg: JobConfig) -> dict:
         result = summary.as_dict(time.time() - t0, **info)
         write.write_json(result, storage.join(info["output"], write.SUMMARY_NAME),
                          cfg.output.storage_options)
+        if schedule_slot:
+            runs.finish(info["output"], info["run_id"], info["schedule_slot"], result,
+                        cfg.output.storage_options)
         return result
     finally:
         if started:
@@ -178,6 +222,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true", default=None,
                    help="redo every input of this model revision instead of resuming")
     p.add_argument("--limit", type=int, help="take only the first N inputs (input.limit)")
+    p.add_argument("--schedule-slot", metavar="SLOT",
+                   help="scheduled runs: @hourly, @daily, @weekly, @monthly (the current UTC period) or "
+                        "a literal name; a run that completed for this config and slot is not repeated")
+    p.add_argument("--plan", action="store_true",
+                   help="print the resolved plan (inputs, stages, resources, output) and exit; reads no audio")
     return p.parse_args(argv)
 
 
@@ -188,10 +237,17 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides, **{
             "input.uri": args.input, "output.uri": args.output, "asr.backend": args.backend,
             "output.overwrite": args.overwrite, "input.limit": args.limit})
-        result = run(cfg)
+        if args.plan:
+            info, source, units = prepare(cfg, args.schedule_slot)
+            print(yaml.safe_dump(describe(cfg, info, source, units), sort_keys=False))
+            return 0
+        result = run(cfg, args.schedule_slot)
     except (ConfigError, sources.InputError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except runs.AlreadyRan as e:
+        print(f"skipped: {e}", file=sys.stderr)
+        return 0
     print(format_summary(result))
     print(f"summary: {storage.join(result['output'], write.SUMMARY_NAME)}")
     return 0

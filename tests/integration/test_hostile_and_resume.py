@@ -116,3 +116,19 @@ def test_local_cluster_stays_on_loopback(ray_cluster):
     import ray
 
     assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
+
+
+def test_scheduled_run_is_not_repeated_for_its_slot(s3, ray_cluster, prefix):
+    from operators import runs
+
+    items = corpus(2)
+    for e in items:
+        put(s3, f"{prefix}/in/{e['uri']}", clip_bytes(e))
+    cfg = job_config(f"{prefix}/in/", f"{prefix}/out", "input.format=audio")
+    first = run(cfg, schedule_slot="2026-11-24")
+    assert first["files"] == 2 and first["schedule_slot"] == "2026-11-24"
+    with pytest.raises(runs.AlreadyRan):
+        run(cfg, schedule_slot="2026-11-24")
+    put(s3, f"{prefix}/in/new.flac", clip_bytes(corpus(3)[2]))  # the next slot picks up new audio only
+    nxt = run(cfg, schedule_slot="2026-11-25")
+    assert nxt["files"] == 1 and nxt["skipped_already_done"] == 2
