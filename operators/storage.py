@@ -165,3 +165,18 @@ def fetch_many(uris: list[str], storage_options: dict[str, Any] | None = None) -
     if not isinstance(got, dict):  # a single path comes back as bytes
         got = {paths[0]: got}
     return [got.get(p, FileNotFoundError(u)) for p, u in zip(paths, uris)]
+
+
+def arrow_filesystem(uri: str, storage_options: dict[str, Any] | None = None):
+    """(pyarrow filesystem, path) for Ray Data readers/writers: pyarrow's own S3 client where the
+    options allow, else fsspec wrapped for pyarrow."""
+    import pyarrow.fs as pafs
+
+    if protocol_of(uri) in ("s3", "s3a"):
+        fs = arrow_s3(storage_options)
+        if fs is not None:
+            return fs, uri.split("://", 1)[1]
+    fs, path = filesystem(uri, storage_options)
+    if protocol_of(uri) == "file":
+        return pafs.LocalFileSystem(), path
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 import sys
 import time
 from typing import Any
@@ -27,32 +26,11 @@ from operators.decode import decode_batch
 from operators.config import ConfigError, JobConfig, load_config
 from operators.report import STATS_SCHEMA, Summary, format_summary
 from operators.schema import SOURCE_SCHEMA
+from pipelines.cluster import init_ray
 
 log = logging.getLogger("pipelines.transcribe")
 
 MAX_SOURCE_BLOCKS = 512
-
-
-def init_ray(cfg: JobConfig) -> bool:
-    """Join the configured/ambient cluster or start a local one on loopback. True if we started it."""
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    if not address:
-        # keep every connection of a local cluster on 127.0.0.1 (design.md: environment facts); Ray
-        # reads this once, when it is first imported, so it must be set before `import ray`
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    import ray
-    from ray._private import ray_constants
-
-    if ray.is_initialized():
-        return False
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        return False
-    if ray_constants.ENABLE_RAY_CLUSTER:
-        log.warning("ray was imported before init_ray(); the local cluster may bind the machine's "
-                    "interface address instead of 127.0.0.1")
-    ray.init(include_dashboard=False, _node_ip_address="127.0.0.1")
-    return True
 
 
 def _split(table: pa.Table, rows_per_block: int) -> list[pa.Table]:
@@ -188,7 +166,7 @@ def run(cfg: JobConfig, schedule_slot: str | None = None) -> dict:
     info, source, units = prepare(cfg, schedule_slot)
     if schedule_slot:
         runs.begin(info["output"], info["run_id"], info["schedule_slot"], cfg.output.storage_options)
-    started = init_ray(cfg)
+    started = init_ray(cfg.ray.address)
     import ray
 
     try:

@@ -1,0 +1,196 @@
+"""Labeling exports from transcript Parquet: NeMo JSONL manifests, Hugging Face datasets Parquet
+(audio bytes + text) and WebDataset tar shards. Each writer is a Ray Data block function: it writes
+one file per block (deterministic name from the block's ids) and returns one stats row, so nothing
+passes through the driver but counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import posixpath
+import tarfile
+from collections import Counter
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from operators import storage
+from operators.filters import FilterRules, drop_reason
+
+EXPORT_STATS = pa.schema([("kept", pa.int64()), ("audio_s", pa.float64()), ("dropped", pa.string()),
+                          ("path", pa.string())])
+HF_SCHEMA = pa.schema([
+    ("audio", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+    ("text", pa.string()), ("audio_id", pa.string()), ("duration", pa.float64()),
+    ("language", pa.string()), ("model", pa.string()), ("model_revision", pa.string()),
+])
+
+
+def _stats(kept: list[dict], dropped: Counter, path: str | None) -> pa.Table:
+    return pa.Table.from_pylist([{"kept": len(kept), "audio_s": sum(r["duration_s"] or 0 for r in kept),
+                                  "dropped": json.dumps(dict(dropped)), "path": path}],
+                                schema=EXPORT_STATS)
+
+
+def _name(rows: list[dict], ext: str) -> str:
+    h = hashlib.sha1("\n".join(sorted(r["audio_id"] for r in rows)).encode()).hexdigest()[:20]
+    return f"part-{h}.{ext}"
+
+
+def _split(batch: pa.Table, rules: FilterRules) -> tuple[list[dict], Counter]:
+    kept, dropped = [], Counter()
+    for r in batch.to_pylist():
+        reason = drop_reason(r, rules)
+        if reason:
+            dropped[reason] += 1
+        else:
+            kept.append(r)
+    return kept, dropped
+
+
+def fetch_audio(rows: list[dict], storage_options: dict | None) -> list[bytes | Exception]:
+    """Original audio bytes per row: plain objects fetched concurrently, container members
+    (`shard.tar#member`, `file.parquet#path`) read with one pass over each container."""
+    out: list = [None] * len(rows)
+    plain = [i for i, r in enumerate(rows) if "#" not in r["source_uri"]]
+    for i, data in zip(plain, storage.fetch_many([rows[i]["source_uri"] for i in plain], storage_options)):
+        out[i] = data
+    by_container: dict[str, dict[str, int]] = {}
+    for i, r in enumerate(rows):
+        if "#" in r["source_uri"]:
+            container, member = r["source_uri"].split("#", 1)
+            by_container.setdefault(container, {})[member] = i
+    for container, members in by_container.items():
+        try:
+            found = _read_members(container, set(members), storage_options)
+        except Exception as e:  # noqa: BLE001 - per row
+            found = {}
+            for i in members.values():
+                out[i] = e
+            continue
+        for member, i in members.items():
+            out[i] = found.get(member, FileNotFoundError(f"{member} not in {container}"))
+    return out
+
+
+def _read_members(container: str, wanted: set[str], storage_options: dict | None) -> dict[str, bytes]:
+    fs, path = storage.filesystem(container, storage_options)
+    found = {}
+    with fs.open(path, "rb") as f:
+        if container.lower().endswith(".parquet"):
+            audio = pq.read_table(f, columns=["audio"])["audio"].combine_chunks()
+            paths = audio.field("path").to_pylist()
+            blobs = audio.field("bytes")
+            for i, p in enumerate(paths):
+                for key in (p, str(i)):
+                    if key in wanted:
+                        found[key] = blobs[i].as_py()
+            return found
+        with tarfile.open(fileobj=f, mode="r|*") as tar:
+            for m in tar:
+                if m.name in wanted:
+                    found[m.name] = tar.extractfile(m).read()
+                    if len(found) == len(wanted):
+                        break
+    return found
+
+
+def _audio_ext(row: dict) -> str:
+    uri = row["source_uri"].split("#")[-1]
+    ext = posixpath.splitext(uri)[1].lower()
+    return ext if ext else ".wav"
+
+
+def _with_audio(kept: list[dict], dropped: Counter, storage_options: dict | None) -> list[tuple[dict, bytes]]:
+    pairs = []
+    for r, data in zip(kept, fetch_audio(kept, storage_options)):
+        if isinstance(data, Exception):
+            dropped["audio_unreadable"] += 1
+        else:
+            pairs.append((r, data))
+    return pairs
+
+
+def write_nemo(batch: pa.Table, out_dir: str, rules: FilterRules, storage_options: dict | None = None,
+               audio_dir: str | None = None) -> pa.Table:
+    """NeMo manifest lines (audio_filepath, duration, text, lang, ...). Rows whose audio sits inside a
+    container are materialised under `audio_dir` (original bytes) or dropped as `no_standalone_audio`."""
+    kept, dropped = _split(batch, rules)
+    lines, exported = [], []
+    standalone = [r for r in kept if "#" not in r["source_uri"]]
+    inside = [r for r in kept if "#" in r["source_uri"]]
+    paths = {r["audio_id"]: r["source_uri"] for r in standalone}
+    if inside and audio_dir is None:
+        dropped["no_standalone_audio"] += len(inside)
+    elif inside:
+        for r, data in _with_audio(inside, dropped, storage_options):
+            uri = storage.join(audio_dir, r["audio_id"] + _audio_ext(r))
+            fs, p = storage.filesystem(uri, storage_options)
+            fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
+            fs.pipe_file(p, data)
+            paths[r["audio_id"]] = uri
+    for r in kept:
+        if r["audio_id"] in paths:
+            exported.append(r)
+            lines.append(json.dumps({
+                "audio_filepath": paths[r["audio_id"]], "duration": round(r["duration_s"], 3),
+                "text": r["text"], "lang": r.get("language"), "audio_id": r["audio_id"],
+                "agreement": r.get("agreement"), "model": r.get("model"),
+                "model_revision": r.get("model_revision")}, ensure_ascii=False))
+    if not exported:
+        return _stats(exported, dropped, None)
+    uri = storage.join(out_dir, _name(exported, "jsonl"))
+    fs, p = storage.filesystem(uri, storage_options)
+    fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
+    fs.pipe_file(p, ("\n".join(lines) + "\n").encode())
+    return _stats(exported, dropped, uri)
+
+
+def write_hf(batch: pa.Table, out_dir: str, rules: FilterRules, storage_options: dict | None = None) -> pa.Table:
+    """Parquet in the Hugging Face datasets layout: audio {bytes, path} + text (+ provenance)."""
+    from operators.write import write_table
+
+    kept, dropped = _split(batch, rules)
+    pairs = _with_audio(kept, dropped, storage_options)
+    if not pairs:
+        return _stats([], dropped, None)
+    table = pa.Table.from_pylist([{
+        "audio": {"bytes": data, "path": r["audio_id"] + _audio_ext(r)}, "text": r["text"],
+        "audio_id": r["audio_id"], "duration": r["duration_s"], "language": r.get("language"),
+        "model": r.get("model"), "model_revision": r.get("model_revision")} for r, data in pairs],
+        schema=HF_SCHEMA)
+    rows = [r for r, _ in pairs]
+    uri = storage.join(out_dir, _name(rows, "parquet"))
+    write_table(table, uri, storage_options)
+    return _stats(rows, dropped, uri)
+
+
+def write_wds(batch: pa.Table, out_dir: str, rules: FilterRules, storage_options: dict | None = None) -> pa.Table:
+    """One WebDataset tar shard per block: {key}.{audio ext} + {key}.txt + {key}.json."""
+    kept, dropped = _split(batch, rules)
+    pairs = _with_audio(kept, dropped, storage_options)
+    if not pairs:
+        return _stats([], dropped, None)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for r, data in pairs:
+            key = r["audio_id"].replace(".", "_")  # WebDataset keys end at the first dot
+            meta = {"audio_id": r["audio_id"], "duration": r["duration_s"], "language": r.get("language"),
+                    "text": r["text"], "agreement": r.get("agreement"), "model": r.get("model"),
+                    "model_revision": r.get("model_revision")}
+            for ext, payload in ((_audio_ext(r), data), (".txt", r["text"].encode()),
+                                 (".json", json.dumps(meta, ensure_ascii=False).encode())):
+                info = tarfile.TarInfo(key + ext)
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    rows = [r for r, _ in pairs]
+    uri = storage.join(out_dir, _name(rows, "tar"))
+    fs, p = storage.filesystem(uri, storage_options)
+    fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
+    fs.pipe_file(p, buf.getvalue())
+    return _stats(rows, dropped, uri)
+
+
+WRITERS = {"nemo": write_nemo, "hf": write_hf, "wds": write_wds}
