@@ -81,3 +81,35 @@ def test_evaluate_table_and_plots(s3, transcribed, tmp_path):
     pngs = sorted(p.name.split("_")[0] for p in (tmp_path / "report").glob("*.png"))
     assert pngs == ["duration", "throughput", "wer"]
     assert all(p.stat().st_size > 5000 for p in (tmp_path / "report").glob("*.png"))
+
+
+def _version(tmp_path, name: str, rows: list[dict]) -> str:
+    import pyarrow as pa
+
+    from operators.schema import OUTPUT_SCHEMA
+    from operators.write import write_table
+
+    full = [{"audio_id": r[0], "text": r[1], "status": r[2], "language": "en", "model": "m",
+             "model_revision": name, "backend": "b"} for r in rows]
+    d = tmp_path / name
+    write_table(pa.Table.from_pylist(full[:2], schema=OUTPUT_SCHEMA), str(d / "part-a.parquet"))
+    write_table(pa.Table.from_pylist(full[2:], schema=OUTPUT_SCHEMA), str(d / "part-b.parquet"))
+    return str(d)
+
+
+def test_revision_diff(ray_cluster, tmp_path):
+    from pipelines.revdiff import run_diff
+
+    old = _version(tmp_path, "r1", [("a", "the cat sat on the mat", "ok"), ("b", "hello world", "ok"),
+                                    ("c", None, "error"), ("d", "the quick brown fox", "ok"),
+                                    ("gone", "x", "ok")])
+    new = _version(tmp_path, "r2", [("a", "The cat sat on the mat.", "ok"),  # same after normalising
+                                    ("b", "hello there world", "ok"), ("c", "recovered text", "ok"),
+                                    ("d", "the quick crown", "ok"), ("new", "y", "ok")])
+    r = run_diff(old, new, top=2)
+    assert (r["rows_in_both"], r["only_in_old"], r["only_in_new"]) == (4, 1, 1)
+    assert r["rows_changed"] == 3 and r["recovered_from_error"] == 1 and r["became_error"] == 0
+    # b: 1 insertion / 2 words; d: 1 sub + 1 del / 4 words; c: no old text -> no reference words
+    assert r["wer_new_vs_old"] == pytest.approx(3 / 6)
+    # ranked by WER, ties by word errors: c (all new), then d (2 errors) before b (1 error)
+    assert [m["audio_id"] for m in r["most_changed"]] == ["c", "d"]
