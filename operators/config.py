@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 SAMPLE_RATE = 16_000
 
@@ -85,8 +86,8 @@ class ModelConfig(_Section):
 
 
 class ASRConfig(_Section):
-    backend: str = Field("whisper", description="Model backend: whisper (more to come).")
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    backend: str = Field("whisper", description="Model backend: whisper, granite-ar, granite-nar.")
+    model: ModelConfig = Field(default_factory=ModelConfig, validate_default=True)
     batch_size: int = Field(16, ge=1, description="Segments per model call (sorted by length, "
                             "across files).")
     files_per_batch: int = Field(32, ge=1, description="Files handed to one actor call.")
@@ -96,6 +97,16 @@ class ASRConfig(_Section):
     num_cpus: float = Field(1.0, gt=0, description="CPUs per actor.")
     max_tasks_in_flight_per_actor: int = Field(2, ge=1, description="Queued batches per actor, "
                                                "so the GPU never waits for the next one.")
+    # what to do with the speech; a manifest's task / target_language / keywords columns override
+    # these per row. Checked at load against what the backend declares it can do.
+    task: str = Field("transcribe", validate_default=True, description=(
+        "transcribe (punctuated where the model can), transcribe_raw, translate, transcribe+translate "
+        "(or transcribe_raw+translate; a list works too). translate writes the `translation` column."))
+    target_language: str | None = Field(None, validate_default=True, description=(
+        "Translation target (en, fr, de, es, pt, ja, ...); the source is the row's language, else "
+        "asr.model.language."))
+    keywords: list[str] = Field(default_factory=list, validate_default=True, description=(
+        "Keyword biasing (names, acronyms, jargon): added to the prompt of backends that take it."))
 
     @field_validator("backend")
     @classmethod
@@ -105,6 +116,103 @@ class ASRConfig(_Section):
         if v not in available_backends():
             raise ValueError(f"unknown backend {v!r}; choose one of {sorted(available_backends())}")
         return v
+
+    @field_validator("model")
+    @classmethod
+    def _model_language(cls, v: ModelConfig, info: ValidationInfo) -> ModelConfig:
+        caps = _capabilities(info.data.get("backend"))
+        if caps is None or caps.languages is None or v.language is None:
+            return v
+        from operators.asr.base import normalize_language
+
+        if normalize_language(v.language) not in caps.languages:
+            raise ValueError(f"asr.model.language {v.language!r}: backend {info.data['backend']!r} "
+                             f"transcribes {', '.join(sorted(caps.languages))}")
+        return v
+
+    @field_validator("task", mode="before")
+    @classmethod
+    def _task(cls, v: Any, info: ValidationInfo) -> str:
+        from operators.asr.base import parse_task
+
+        task = parse_task(v)
+        caps = _capabilities(info.data.get("backend"))
+        if caps is not None:
+            missing = [p for p in task.split("+") if p not in caps.tasks]
+            if missing:
+                able = _backends_that(lambda c: missing[0] in c.tasks)
+                raise ValueError(f"backend {info.data['backend']!r} cannot do {missing[0]!r} (it does: "
+                                 f"{', '.join(sorted(caps.tasks))}); backends that can: "
+                                 f"{', '.join(able) or 'none'}")
+        return task
+
+    @field_validator("target_language", mode="before")
+    @classmethod
+    def _target_language(cls, v: Any, info: ValidationInfo) -> str | None:
+        from operators.asr.base import TRANSLATE, normalize_language
+
+        target = normalize_language(v)
+        caps = _capabilities(info.data.get("backend"))
+        task = info.data.get("task")
+        if caps is None or task is None:
+            return target
+        backend = info.data["backend"]
+        targets = ", ".join(sorted(caps.targets)) or "none"
+        if TRANSLATE in task.split("+"):
+            if target is None:
+                raise ValueError(f"asr.task {task!r} needs asr.target_language (backend {backend!r} "
+                                 f"translates into: {targets})")
+            model = info.data.get("model")
+            source = normalize_language(model.language) if model is not None else None
+            if source is not None and (source, target) not in caps.translation_pairs:
+                pairs = ", ".join(f"{s}->{t}" for s, t in sorted(caps.translation_pairs))
+                raise ValueError(f"backend {backend!r} cannot translate {source}->{target} (source: "
+                                 f"asr.model.language); supported pairs: {pairs or 'none'}")
+            if source is None and target not in caps.targets:
+                raise ValueError(f"backend {backend!r} does not translate into {target!r} (it "
+                                 f"translates into: {targets})")
+        elif target is not None and target not in caps.targets:
+            raise ValueError(f"backend {backend!r} does not translate into {target!r} (it translates "
+                             f"into: {targets})")
+        return target
+
+    @field_validator("keywords", mode="before")
+    @classmethod
+    def _keywords(cls, v: Any, info: ValidationInfo) -> list[str]:
+        from operators.asr.base import normalize_keywords
+
+        keywords = list(normalize_keywords(v))
+        caps = _capabilities(info.data.get("backend"))
+        if keywords and caps is not None and not caps.keywords:
+            able = _backends_that(lambda c: c.keywords)
+            raise ValueError(f"backend {info.data['backend']!r} does not take keywords; backends that "
+                             f"do: {', '.join(able) or 'none'}")
+        return keywords
+
+
+def _capabilities(backend: str | None):
+    """What a backend class declares (operators.asr.base.capabilities), without loading weights;
+    None when the backend is unknown or its module cannot be imported here."""
+    if not backend:
+        return None
+    from operators.asr import backend_class
+    from operators.asr.base import capabilities
+
+    try:
+        return capabilities(backend_class(backend))
+    except (ImportError, ValueError):
+        return None
+
+
+def _backends_that(test) -> list[str]:
+    from operators.asr import available_backends
+
+    out = []
+    for name in available_backends():
+        caps = _capabilities(name)
+        if caps is not None and test(caps):
+            out.append(name)
+    return out
 
 
 class WriteConfig(_Section):

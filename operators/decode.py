@@ -18,7 +18,7 @@ import soxr
 
 from operators import storage
 from operators.config import SAMPLE_RATE, DecodeConfig, JobConfig
-from operators.schema import DECODED_SCHEMA, ERROR, OK, error_text
+from operators.schema import DECODED_SCHEMA, ERROR, OK, TASK_COLUMNS, error_text
 from operators.segment import plan_segments
 
 BLOCK_S = 30  # seconds of source audio read per block
@@ -241,7 +241,7 @@ def decode_batch(batch: pa.Table, cfg: JobConfig) -> pa.Table:
                                                 cfg.input.storage_options)))
     out = []
     for i, r in enumerate(rows):
-        rec = {k: r.get(k) for k in ("audio_id", "source_uri", "reference", "language")}
+        rec = {k: r.get(k) for k in ("audio_id", "source_uri", "reference", "language", *TASK_COLUMNS)}
         rec.update(duration_s=None, pcm16=None, seg_start=[], seg_end=[], status=OK, error=None)
         try:
             if r.get("source_error"):

@@ -68,7 +68,8 @@ def block_stats(table: pa.Table, path: str | None) -> pa.Table:
     errors = Counter(error_kind(r["error"]) for r in rows if r["status"] != OK)
     werr = words = wfiles = 0
     for r in rows:
-        if r["status"] == OK and r.get("reference"):
+        # translation-only rows have no transcript to score
+        if r["status"] == OK and r.get("reference") and r.get("text") is not None:
             e, w = word_errors(r["reference"], r.get("text") or "", r.get("language"))
             werr, words, wfiles = werr + e, words + w, wfiles + (1 if w else 0)
     return pa.Table.from_pylist([{

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: task, target_language, translation; segments[].translation
 
-SEGMENT_TYPE = pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("text", pa.string())])
+SEGMENT_TYPE = pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("text", pa.string()),
+                          ("translation", pa.string())])
+
+# Per-row task overrides (null: the job's asr.task / asr.target_language / asr.keywords), carried from
+# the manifest through decode to the ASR stage.
+TASK_COLUMNS = ("task", "target_language", "keywords")
 
 # Source rows: small, one per input file. audio_bytes is set only where the bytes come embedded
 # (tar members, HF Parquet); otherwise decode fetches source_uri.
@@ -17,6 +22,9 @@ SOURCE_SCHEMA = pa.schema([
     ("reference", pa.string()),
     ("language", pa.string()),
     ("source_error", pa.string()),  # set when the container itself could not be read
+    ("task", pa.string()),
+    ("target_language", pa.string()),
+    ("keywords", pa.list_(pa.string())),
 ])
 
 # Decoded rows: 16 kHz mono 16-bit PCM plus planned segment boundaries (sample offsets).
@@ -25,6 +33,9 @@ DECODED_SCHEMA = pa.schema([
     ("source_uri", pa.string()),
     ("reference", pa.string()),
     ("language", pa.string()),
+    ("task", pa.string()),
+    ("target_language", pa.string()),
+    ("keywords", pa.list_(pa.string())),
     ("duration_s", pa.float64()),
     ("pcm16", pa.binary()),
     ("seg_start", pa.list_(pa.int64())),
@@ -41,6 +52,9 @@ OUTPUT_SCHEMA = pa.schema(
         pa.field("language", pa.string()),
         pa.field("text", pa.string()),
         pa.field("segments", pa.list_(SEGMENT_TYPE)),
+        pa.field("task", pa.string()),
+        pa.field("target_language", pa.string()),
+        pa.field("translation", pa.string()),
         pa.field("reference", pa.string()),
         pa.field("model", pa.string()),
         pa.field("model_revision", pa.string()),

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from operators import storage
 from operators.config import InputConfig
-from operators.schema import SOURCE_SCHEMA
+from operators.schema import SOURCE_SCHEMA, TASK_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,10 @@ MANIFEST_EXTS = (".jsonl", ".json", ".csv", ".tsv")
 REFERENCE_COLUMNS = ("text", "reference", "transcript", "transcription", "sentence", "normalized_text")
 LANGUAGE_COLUMNS = ("language", "lang", "locale")
 ID_COLUMNS = ("audio_id", "id", "utt_id", "key")
+# per-row task overrides (see operators.schema.TASK_COLUMNS); null cells fall back to the job's asr.*
+TASK_COLUMN = ("task",)
+TARGET_COLUMNS = ("target_language", "target_lang", "tgt_lang")
+KEYWORD_COLUMNS = ("keywords",)
 URI_COLUMNS = ("uri", "audio_filepath", "audio_path", "path", "file", "filepath")
 
 
@@ -40,8 +44,11 @@ class InputError(ValueError):
 
 
 def source_table(ids: list[str], uris: list[str], refs: list | None = None, langs: list | None = None,
-                 blobs: list | None = None, errors: list | None = None) -> pa.Table:
+                 blobs: list | None = None, errors: list | None = None, tasks: dict | None = None) -> pa.Table:
+    """SOURCE_SCHEMA rows; `tasks` maps task/target_language/keywords to per-row lists (see
+    `task_columns`)."""
     n = len(ids)
+    tasks = tasks or {}
     return pa.Table.from_pydict({
         "audio_id": ids,
         "source_uri": uris,
@@ -49,7 +56,47 @@ def source_table(ids: list[str], uris: list[str], refs: list | None = None, lang
         "reference": refs if refs is not None else [None] * n,
         "language": langs if langs is not None else [None] * n,
         "source_error": errors if errors is not None else [None] * n,
+        **{c: tasks.get(c) or [None] * n for c in TASK_COLUMNS},
     }, schema=SOURCE_SCHEMA)
+
+
+def _task_value(v: Any) -> str | None:
+    """A task cell: 'translate', 'transcribe+translate' or a list of parts (validated by the stage)."""
+    if v is None or (isinstance(v, str) and not v.strip()):
+        return None
+    if isinstance(v, (list, tuple)):
+        return "+".join(str(p).strip() for p in v if p is not None) or None
+    return str(v).strip()
+
+
+def _keywords_value(v: Any) -> list[str] | None:
+    """A keywords cell: a list, or one string of comma-separated keywords (CSV); null: job default."""
+    if v is None:
+        return None
+    if isinstance(v, (list, tuple)):
+        return [str(k) for k in v if k is not None]
+    return [k.strip() for k in str(v).split(",") if k.strip()]
+
+
+def task_columns(rows: list[dict]) -> dict:
+    """Per-row task overrides from dicts (table rows, tar .json metadata) -> source_table(tasks=...)."""
+    def pick(row: dict, names: tuple[str, ...]):
+        lower = {str(k).lower(): k for k in row}
+        return next((row[lower[c]] for c in names if c in lower), None)
+
+    return {
+        "task": [_task_value(pick(r, TASK_COLUMN)) for r in rows],
+        "target_language": [None if (v := pick(r, TARGET_COLUMNS)) in (None, "") else str(v).strip()
+                            for r in rows],
+        "keywords": [_keywords_value(pick(r, KEYWORD_COLUMNS)) for r in rows],
+    }
+
+
+def _table_task_columns(table: pa.Table) -> dict | None:
+    names = table.column_names
+    cols = [c for c in (_first(names, TASK_COLUMN), _first(names, TARGET_COLUMNS),
+                        _first(names, KEYWORD_COLUMNS)) if c]
+    return task_columns(table.select(cols).to_pylist()) if cols else None
 
 
 def _first(names: list[str], candidates: tuple[str, ...]) -> str | None:
@@ -140,7 +187,8 @@ class ManifestSource(Source):
         ref_col = _first(names, REFERENCE_COLUMNS)
         lang_col = _first(names, LANGUAGE_COLUMNS)
         return source_table(ids, uris, _as_str_list(table[ref_col], n) if ref_col else None,
-                            _as_str_list(table[lang_col], n) if lang_col else None)
+                            _as_str_list(table[lang_col], n) if lang_col else None,
+                            tasks=_table_task_columns(table))
 
 
 class AudioFilesSource(Source):
@@ -201,7 +249,7 @@ class WebDatasetSource(Source):
                         sample["json"] = json.loads(data)
                     except ValueError:
                         sample["json"] = {}
-        ids, uris, refs, langs, blobs = [], [], [], [], []
+        ids, uris, refs, langs, blobs, metas = [], [], [], [], [], []
         for key in order:
             s = samples[key]
             if "audio" not in s:
@@ -213,7 +261,8 @@ class WebDatasetSource(Source):
             refs.append(s.get("text") or next((str(meta[c]) for c in REFERENCE_COLUMNS if c in meta), None))
             langs.append(next((str(meta[c]) for c in LANGUAGE_COLUMNS if c in meta), None))
             blobs.append(s["audio"])
-        return source_table(ids, uris, refs, langs, blobs)
+            metas.append(meta)
+        return source_table(ids, uris, refs, langs, blobs, tasks=task_columns(metas))
 
 
 class HFParquetSource(Source):
@@ -247,7 +296,8 @@ class HFParquetSource(Source):
         ref_col = _first([c for c in names if c != audio_col], REFERENCE_COLUMNS)
         lang_col = _first(names, LANGUAGE_COLUMNS)
         return source_table(ids, uris, _as_str_list(table[ref_col], n) if ref_col else None,
-                            _as_str_list(table[lang_col], n) if lang_col else None, blobs)
+                            _as_str_list(table[lang_col], n) if lang_col else None, blobs,
+                            tasks=_table_task_columns(table))
 
 
 SOURCES: dict[str, type[Source]] = {

@@ -4,6 +4,11 @@ It receives a batch of decoded files, cuts their planned segments, sorts all seg
 runs them through the backend in sub-batches (cross-file batching), then stitches text back per file.
 One output row per input row, in order. A failing sub-batch is retried clip by clip so only the
 clips that really fail become error rows.
+
+Each row's task (transcribe / transcribe_raw / translate / both, target language, keywords) is the
+job's asr.* unless the row's task columns say otherwise; a row asking for something the backend cannot
+do becomes a `task:` error row. Backends that take per-clip tasks get them with the clips; the others
+keep the two-argument call.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import numpy as np
 import pyarrow as pa
 
 from operators.asr import load_backend
+from operators.asr.base import (TRANSLATE, TaskError, TaskSpec, accepts_tasks, capabilities, check_task,
+                                normalize_keywords, normalize_language, parse_task)
 from operators.config import JobConfig
 from operators.decode import from_pcm16
 from operators.schema import ERROR, OK, OUTPUT_SCHEMA, error_text
@@ -31,22 +38,53 @@ class ASRStage:
         self.backend = load_backend(cfg.asr.backend, cfg.asr.model)
         self.batch_size = cfg.asr.batch_size
         self.default_language = cfg.asr.model.language
+        self.caps = capabilities(type(self.backend))
+        self.takes_tasks = accepts_tasks(self.backend)
 
-    def _run(self, clips: list[np.ndarray], langs: list[str | None]) -> list:
+    def _task(self, r: dict, lang: str | None) -> TaskSpec:
+        """The row's task: its task columns over the job's asr.*; TaskError if the backend cannot."""
+        a = self.cfg.asr
+        try:
+            task = parse_task(r["task"]) if r.get("task") else a.task
+        except ValueError as e:
+            raise TaskError("task", str(e)) from None
+        target = normalize_language(r.get("target_language")) or a.target_language
+        try:
+            keywords = (normalize_keywords(r["keywords"]) if r.get("keywords") is not None
+                        else tuple(a.keywords))
+        except ValueError as e:
+            raise TaskError("keywords", str(e)) from None
+        spec = TaskSpec(task, target if TRANSLATE in task.split("+") else None, keywords)
+        check_task(self.backend.name, self.caps, spec, lang)
+        return spec
+
+    def _call(self, clips: list[np.ndarray], langs: list[str | None], specs: list[TaskSpec]) -> list:
+        if self.takes_tasks:
+            return list(self.backend.transcribe(clips, langs, tasks=specs))
+        return list(self.backend.transcribe(clips, langs))
+
+    def _run(self, clips: list[np.ndarray], langs: list[str | None], specs: list[TaskSpec]) -> list:
         """Transcripts or exceptions, one per clip; a failed batch is retried one by one."""
         try:
-            return list(self.backend.transcribe(clips, langs))
+            return self._call(clips, langs, specs)
         except Exception as batch_error:  # noqa: BLE001
             if len(clips) == 1:
                 return [batch_error]
             log.warning("batch of %d clips failed (%s); retrying one by one", len(clips), batch_error)
-            return [self._run([c], [l])[0] for c, l in zip(clips, langs)]
+            return [self._run([c], [l], [t])[0] for c, l, t in zip(clips, langs, specs)]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
+        specs: dict[int, TaskSpec] = {}
+        task_errors: dict[int, TaskError] = {}
+        for i, r in enumerate(rows):
+            try:
+                specs[i] = self._task(r, r["language"] or self.default_language)
+            except TaskError as e:
+                task_errors[i] = e
         clips: list[tuple[int, int, np.ndarray]] = []
         for i, r in enumerate(rows):
-            if r["status"] != OK:
+            if r["status"] != OK or i in task_errors:
                 continue
             audio = from_pcm16(r["pcm16"])
             for j, (s, e) in enumerate(zip(r["seg_start"], r["seg_end"])):
@@ -56,7 +94,8 @@ class ASRStage:
         for at in range(0, len(order), self.batch_size):
             chunk = order[at:at + self.batch_size]
             langs = [rows[clips[k][0]]["language"] or self.default_language for k in chunk]
-            for k, res in zip(chunk, self._run([clips[k][2] for k in chunk], langs)):
+            tasks = [specs[clips[k][0]] for k in chunk]
+            for k, res in zip(chunk, self._run([clips[k][2] for k in chunk], langs, tasks)):
                 results[k] = res
         per_row: dict[int, list] = {}
         for (i, j, _), res in zip(clips, results):
@@ -66,22 +105,38 @@ class ASRStage:
         out = []
         for i, r in enumerate(rows):
             lang = r["language"] or self.default_language
+            spec = specs.get(i)
             rec = {
                 "audio_id": r["audio_id"], "source_uri": r["source_uri"], "duration_s": r["duration_s"],
                 "language": lang, "text": None, "segments": None, "reference": r["reference"],
+                "task": spec.task if spec else r.get("task"),
+                "target_language": spec.target_language if spec else r.get("target_language"),
+                "translation": None,
                 "model": self.backend.model_id, "model_revision": self.backend.revision,
                 "backend": self.backend.name, "status": r["status"], "error": r["error"],
                 "ctc_text": None, "agreement": None, "processed_at": now,
             }
-            if r["status"] == OK:
+            if r["status"] == OK and i in task_errors:
+                rec.update(status=ERROR, error=error_text("task", str(task_errors[i])))
+            elif r["status"] == OK:
                 res = per_row.get(i, [])
                 failed = [x for x in res if isinstance(x, Exception)]
                 if failed:
                     rec.update(status=ERROR, error=error_text("asr", f"{type(failed[0]).__name__}: {failed[0]}"))
                 else:
-                    joiner = "" if (lang or "").split("-")[0] in NO_SPACE_LANGUAGES else " "
+                    joiner = _joiner(lang)
                     rec["text"], rec["segments"] = stitch([x.text for x in res], r["seg_start"],
                                                           r["seg_end"], joiner)
+                    if spec.transcription is None:  # translation only: no transcript to show
+                        rec["text"] = None
+                        for seg in rec["segments"]:
+                            seg["text"] = None
+                    if spec.translates:  # joined by the target language's rule (no spaces for ja)
+                        rec["translation"], tsegs = stitch(
+                            [getattr(x, "translation", None) or "" for x in res], r["seg_start"],
+                            r["seg_end"], _joiner(spec.target_language))
+                        for seg, tseg in zip(rec["segments"], tsegs):
+                            seg["translation"] = tseg["text"]
                     ctc = [x.ctc_text for x in res if x.ctc_text is not None]
                     if ctc:
                         rec["ctc_text"] = joiner.join(t for t in ctc if t)
@@ -92,3 +147,7 @@ class ASRStage:
                         rec["agreement"] = float(sum(a * w for a, w in scores) / total)
             out.append(rec)
         return pa.Table.from_pylist(out, schema=OUTPUT_SCHEMA)
+
+
+def _joiner(language: str | None) -> str:
+    return "" if (language or "").split("-")[0] in NO_SPACE_LANGUAGES else " "

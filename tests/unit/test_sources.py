@@ -55,9 +55,11 @@ def test_plain_csv_manifest(tmp_path):
     t = ManifestSource(_cfg(tmp_path / "m.csv")).list_units()
     assert t.to_pylist() == [
         {"audio_id": "utt-a", "source_uri": f"{tmp_path}/audio/a.wav", "audio_bytes": None,
-         "reference": "hello, there", "language": "en", "source_error": None},
+         "reference": "hello, there", "language": "en", "source_error": None,
+         "task": None, "target_language": None, "keywords": None},
         {"audio_id": "utt-b", "source_uri": "s3://bk/b.flac", "audio_bytes": None,
-         "reference": "bonjour", "language": "fr", "source_error": None},
+         "reference": "bonjour", "language": "fr", "source_error": None,
+         "task": None, "target_language": None, "keywords": None},
     ]
 
 

@@ -1,0 +1,458 @@
+"""Granite Speech 4.1 2B (autoregressive) through transformers' GraniteSpeechForConditionalGeneration.
+
+Transcription (punctuated or raw), speech translation both ways between English and fr/de/es/pt/ja
+(plus English into it/zh), keyword biasing, with the model card's prompts sent through the tokenizer's
+chat template: one user turn, content `<|audio|>` + instruction, generation prompt added.
+
+Inputs are built here, not by GraniteSpeechProcessor (its feature extractor needs torchaudio, which
+does not import next to CPU torch): log-mel features from operators.asr.features (variant "ar", the
+same math as GraniteSpeechFeatureExtractor), and the processor's token expansion: the one `<|audio|>`
+of the templated prompt becomes `audio_embed_size(n)` = ceil(((n // 160 + 1) // 2) / window) *
+(window // downsample) audio tokens (3 * ceil(frames / 15) for the released model, ~10 per second).
+
+Batch invariance: transformers' own batch path zero-pads the audio and its encoder has no mask, so a
+clip's transcript depends on what it is batched with. Here the encoder + projector run on each clip
+alone; only the language model is batched (left padding, attention mask, positions from the mask),
+so greedy output is the same whatever the batch (token-identical on CPU float32, see the tests).
+
+Generation is greedy and deterministic; each row has its own token budget scaled by clip duration
+(`max_new_tokens_per_30s`), and a repetition guard ends a row whose tail repeats one n-gram
+(period <= `repeat_max_period` tokens, at least `repeat_min_repeats` copies and `repeat_min_span`
+tokens), trimming the loop to one copy, so one looping segment cannot hold a batch to its budget.
+A clip that cannot be processed (too short, too long, a task pair the model lacks) comes back as an
+exception in its slot; the other clips of the call are unaffected.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from operators.asr.base import (DEFAULT_TASK, TRANSCRIBE, TRANSCRIBE_RAW, TRANSLATE, TaskSpec, Transcript,
+                                capabilities, check_task, normalize_language)
+from operators.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "ibm-granite/granite-speech-4.1-2b"
+AUDIO_TOKEN = "<|audio|>"
+SAMPLE_RATE = 16_000
+HOP = 160
+
+LANGUAGE_NAMES = {"en": "English", "fr": "French", "de": "German", "es": "Spanish", "pt": "Portuguese",
+                  "ja": "Japanese", "it": "Italian", "zh": "Mandarin"}
+ASR_LANGUAGES = frozenset({"en", "fr", "de", "es", "pt", "ja"})
+# the model card: X -> English for the ASR languages, English -> each of them (and Italian, Mandarin)
+TRANSLATION_PAIRS = frozenset({(src, "en") for src in ASR_LANGUAGES - {"en"}}
+                              | {("en", tgt) for tgt in ("fr", "de", "es", "pt", "ja", "it", "zh")})
+
+# the model card's instructions
+TRANSCRIBE_PROMPT = "transcribe the speech with proper punctuation and capitalization."
+TRANSCRIBE_RAW_PROMPT = "can you transcribe the speech into a written format?"
+KEYWORDS_TRANSCRIBE_PROMPT = "transcribe the speech to text."
+
+OPTIONS = {
+    "max_new_tokens_per_30s": 200,      # transcription budget, scaled by clip duration
+    "translate_tokens_per_30s": 300,    # translation budget (targets like ja/de run longer)
+    "min_new_tokens": 32,               # floor of the per-row budget (short clips)
+    "max_new_tokens": 1024,             # ceiling of the per-row budget
+    "repeat_max_period": 16,            # repetition guard: longest repeating n-gram checked
+    "repeat_min_repeats": 4,            # ... copies of it at the tail that end the row
+    "repeat_min_span": 24,              # ... and at least this many tokens in those copies
+    "no_repeat_ngram_size": 0,          # transformers' hard n-gram ban (0: off)
+    "attn_implementation": None,        # transformers' choice (sdpa) unless set
+}
+
+
+def instruction(kind: str, target_language: str | None = None, keywords: Sequence[str] = ()) -> str:
+    """The user instruction after `<|audio|>` for one task part (the model card's wording)."""
+    if kind == TRANSLATE:
+        name = LANGUAGE_NAMES.get(target_language or "")
+        if name is None:
+            raise ValueError(f"no translation prompt for target language {target_language!r}; "
+                             f"known: {sorted(LANGUAGE_NAMES)}")
+        text = (f"translate the speech to {name}." if keywords else
+                f"translate the speech to {name} with proper punctuation and capitalization.")
+    elif kind == TRANSCRIBE_RAW:
+        text = TRANSCRIBE_RAW_PROMPT
+    elif kind == TRANSCRIBE:
+        text = KEYWORDS_TRANSCRIBE_PROMPT if keywords else TRANSCRIBE_PROMPT
+    else:
+        raise ValueError(f"unknown task part {kind!r}")
+    if keywords:
+        text = f"{text} Keywords: {', '.join(keywords)}"
+    return text
+
+
+def audio_embed_size(n_samples: int, window_size: int = 15, downsample_rate: int = 5) -> int:
+    """Audio tokens for a clip of n samples (GraniteSpeechFeatureExtractor._get_num_audio_features)."""
+    encoder_frames = (n_samples // HOP + 1) // 2
+    return math.ceil(encoder_frames / window_size) * (window_size // downsample_rate)
+
+
+def _imports():
+    try:
+        import torch
+        import transformers
+    except ImportError as e:
+        raise ImportError("the granite-ar backend needs torch and transformers: pip install "
+                          "'granite-transcribe[granite]'") from e
+    return torch, transformers
+
+
+def _device_dtype(cfg: ModelConfig, torch) -> tuple[str, Any]:
+    device = cfg.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if cfg.dtype == "auto":
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    elif cfg.dtype in names:
+        dtype = names[cfg.dtype]
+    else:
+        raise ValueError(f"asr.model.dtype {cfg.dtype!r}: granite-ar takes auto, {', '.join(names)}")
+    return device, dtype
+
+
+def _repeating_tail(tokens: Sequence[int], max_period: int, min_repeats: int, min_span: int) -> int | None:
+    """The period p of a loop at the end of `tokens` (the last max(min_repeats * p, min_span) tokens
+    repeat with period p), smallest first; None if there is none."""
+    n = len(tokens)
+    for p in range(1, max_period + 1):
+        span = max(min_repeats * p, min_span)
+        if span > n:
+            break
+        tail = tokens[n - span:]
+        if all(tail[k] == tail[k - p] for k in range(p, span)):
+            return p
+    return None
+
+
+def _trim_loop(tokens: list[int], period: int) -> list[int]:
+    """Cut a repeating tail of period `period` down to one copy."""
+    start = len(tokens) - period
+    while start > 0 and tokens[start - 1] == tokens[start - 1 + period]:
+        start -= 1
+    return tokens[:start + period]
+
+
+class GraniteARBackend:
+    name = "granite-ar"
+    max_clip_s = 30.0
+    tasks = frozenset({TRANSCRIBE, TRANSCRIBE_RAW, TRANSLATE})
+    languages = ASR_LANGUAGES
+    translation_pairs = TRANSLATION_PAIRS
+    keywords = True
+
+    def __init__(self, cfg: ModelConfig):
+        torch, transformers = _imports()
+        self.torch = torch
+        self.model_id, self.revision = self.identity(cfg)
+        path = cfg.id or DEFAULT_MODEL
+        opts = dict(cfg.options)
+        unknown = sorted(set(opts) - set(OPTIONS))
+        if unknown:
+            raise ValueError(f"asr.model.options: unknown granite-ar options {unknown}; known: "
+                             f"{', '.join(OPTIONS)}")
+        self.options = {**OPTIONS, **opts}
+        self.device, self.dtype = _device_dtype(cfg, torch)
+        kwargs: dict[str, Any] = {}
+        if cfg.revision and not Path(path).exists():
+            kwargs["revision"] = cfg.revision
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(path, **kwargs)
+        if self.options["attn_implementation"]:
+            kwargs["attn_implementation"] = self.options["attn_implementation"]
+        model = transformers.GraniteSpeechForConditionalGeneration.from_pretrained(
+            path, dtype=self.dtype, **kwargs)
+        self.model = model.to(self.device).eval()
+        config = self.model.config
+        self.audio_token = getattr(self.tokenizer, "audio_token", None) or AUDIO_TOKEN
+        self.audio_token_id = config.audio_token_id
+        tok_id = self.tokenizer.convert_tokens_to_ids(self.audio_token)
+        if tok_id != self.audio_token_id:
+            raise ValueError(f"{path}: the tokenizer's {self.audio_token} is id {tok_id} but the model "
+                             f"expects {self.audio_token_id}")
+        self.window_size = config.window_size
+        self.downsample_rate = config.downsample_rate
+        gen = self.model.generation_config
+        eos = gen.eos_token_id if gen.eos_token_id is not None else self.tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+        pad = gen.pad_token_id if gen.pad_token_id is not None else self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else next(iter(self.eos_ids))
+        if self.pad_id == self.audio_token_id:
+            raise ValueError("the pad token must differ from the audio token")
+        self.default_language = normalize_language(cfg.language) or "en"
+        self._caps = capabilities(type(self))
+        self._prompts: dict[tuple, list[int]] = {}
+
+    @staticmethod
+    def identity(cfg: ModelConfig) -> tuple[str, str]:
+        if not cfg.id:
+            return DEFAULT_MODEL, cfg.revision or "unpinned"
+        path = Path(cfg.id)
+        if path.is_dir():
+            from operators.asr.whisper import _local_revision
+
+            return cfg.id, cfg.revision or _local_revision(path)
+        return cfg.id, cfg.revision or "unpinned"
+
+    # ---------------------------------------------------------------- prompts
+
+    def prompt_text(self, kind: str, spec: TaskSpec = DEFAULT_TASK) -> str:
+        """The templated prompt (one `<|audio|>`), as the model card builds it."""
+        content = self.audio_token + instruction(kind, spec.target_language, spec.keywords)
+        return self.tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                                  add_generation_prompt=True)
+
+    def prompt_ids(self, kind: str, spec: TaskSpec, n_audio_tokens: int) -> list[int]:
+        """Token ids with the audio token expanded to `n_audio_tokens` copies, as the processor does
+        (it repeats the token in the text, then tokenizes; the special token never merges)."""
+        key = (kind, spec.target_language if kind == TRANSLATE else None, spec.keywords)
+        ids = self._prompts.get(key)
+        if ids is None:
+            text = self.prompt_text(kind, spec)
+            ids = list(self.tokenizer(text)["input_ids"])
+            if ids.count(self.audio_token_id) != 1:
+                raise ValueError(f"prompt {text!r} must hold exactly one audio token")
+            self._prompts[key] = ids
+        at = ids.index(self.audio_token_id)
+        return ids[:at] + [self.audio_token_id] * n_audio_tokens + ids[at + 1:]
+
+    def budget(self, kind: str, n_samples: int) -> int:
+        per_30s = self.options["translate_tokens_per_30s" if kind == TRANSLATE else "max_new_tokens_per_30s"]
+        n = math.ceil(per_30s * n_samples / (30 * SAMPLE_RATE))
+        return int(min(self.options["max_new_tokens"], max(self.options["min_new_tokens"], n)))
+
+    # ---------------------------------------------------------------- model
+
+    def encode(self, audio: np.ndarray):
+        """Encoder + projector on one clip alone: (audio tokens, LM hidden) on the device."""
+        from operators.asr.features import log_mel
+
+        torch = self.torch
+        feats = log_mel(torch.as_tensor(np.asarray(audio, np.float32)).to(self.device), "ar")
+        with torch.inference_mode():
+            out = self.model.get_audio_features(feats[None].to(self.dtype), return_dict=True)
+        return out.pooler_output[0]
+
+    def generate(self, prompts: list[list[int]], audio: list,
+                 budgets: list[int]) -> list[tuple[list[int], str]]:
+        """Batched greedy generation: prompt ids (audio tokens expanded), each row's audio embeddings and
+        token budget -> (new tokens, why it stopped: eos | max_new_tokens | repetition) per row."""
+        torch = self.torch
+        from transformers import GenerationMixin, StoppingCriteriaList
+
+        rows = len(prompts)
+        width = max(len(p) for p in prompts)
+        ids = torch.full((rows, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((rows, width), dtype=torch.long)
+        for r, p in enumerate(prompts):  # left padding
+            ids[r, width - len(p):] = torch.tensor(p)
+            mask[r, width - len(p):] = 1
+        n_audio = max(a.shape[0] for a in audio)
+        feats = audio[0].new_zeros((rows, n_audio, audio[0].shape[-1]))
+        feats_mask = torch.zeros((rows, n_audio), dtype=torch.bool, device=self.device)
+        for r, a in enumerate(audio):
+            feats[r, :a.shape[0]] = a
+            feats_mask[r, :a.shape[0]] = True
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        o = self.options
+        guard = _RowGuard(budgets, o["repeat_max_period"], o["repeat_min_repeats"], o["repeat_min_span"],
+                          self.device)
+        kwargs: dict[str, Any] = {}
+        if o["no_repeat_ngram_size"]:
+            kwargs["no_repeat_ngram_size"] = int(o["no_repeat_ngram_size"])
+        with torch.inference_mode():
+            embeds = self.model.model.get_merged_audio_embeddings(ids, feats, feats_mask)
+            if getattr(self.model, "_hf_peft_config_loaded", False):
+                self.model.enable_adapters()  # the speech LoRA (the model's own generate would turn
+                # it off, seeing no input_features)
+            out = GenerationMixin.generate(
+                self.model, inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max(budgets),
+                do_sample=False, num_beams=1, pad_token_id=self.pad_id, eos_token_id=sorted(self.eos_ids),
+                stopping_criteria=StoppingCriteriaList([guard]), use_cache=True, **kwargs)
+        results = []
+        stop_ids = self.eos_ids | {self.pad_id}
+        for r, seq in enumerate(out.tolist()):
+            end = next((k for k, t in enumerate(seq) if t in stop_ids), None)
+            tokens = seq[:end] if end is not None else seq
+            period = _repeating_tail(tokens, o["repeat_max_period"], o["repeat_min_repeats"],
+                                     o["repeat_min_span"]) if o["repeat_max_period"] else None
+            if period is not None:
+                results.append((_trim_loop(tokens, period), "repetition"))
+            elif end is None or len(tokens) >= budgets[r]:
+                results.append((tokens[:budgets[r]], "max_new_tokens"))
+            else:
+                results.append((tokens, "eos"))
+        return results
+
+    # ---------------------------------------------------------------- protocol
+
+    def transcribe(self, audios: Sequence[np.ndarray], languages: Sequence[str | None],
+                   tasks: Sequence[TaskSpec | None] | None = None) -> list[Transcript]:
+        if not audios:
+            return []
+        tasks = list(tasks) if tasks is not None else [None] * len(audios)
+        results: list[Any] = [None] * len(audios)
+        jobs: list[tuple[int, str]] = []  # (clip, task part), one generation row each
+        embeds: dict[int, Any] = {}
+        specs: list[TaskSpec] = []
+        for i, (audio, lang, spec) in enumerate(zip(audios, languages, tasks)):
+            spec = spec or DEFAULT_TASK
+            specs.append(spec)
+            try:
+                check_task(self.name, self._caps, spec, normalize_language(lang) or self.default_language)
+                n = len(audio)
+                if n > self.max_clip_s * SAMPLE_RATE + HOP:
+                    raise ValueError(f"clip of {n / SAMPLE_RATE:.1f} s exceeds granite-ar's "
+                                     f"{self.max_clip_s:g} s limit; lower segment.max_segment_s")
+                if audio_embed_size(n, self.window_size, self.downsample_rate) == 0:
+                    raise ValueError(f"clip of {n} samples is too short for the encoder")
+                embeds[i] = self.encode(audio)
+            except Exception as e:  # noqa: BLE001 - this clip only
+                results[i] = e
+                continue
+            jobs += [(i, kind) for kind in spec.parts]
+        if jobs:
+            generated = self.generate(
+                [self.prompt_ids(kind, specs[i], embeds[i].shape[0]) for i, kind in jobs],
+                [embeds[i] for i, _ in jobs], [self.budget(kind, len(audios[i])) for i, kind in jobs])
+            by_clip: dict[int, dict[str, tuple[list[int], str]]] = {}
+            for (i, kind), res in zip(jobs, generated):
+                by_clip.setdefault(i, {})[kind] = res
+            for i, parts in by_clip.items():
+                text, translation, stops, counts = "", None, {}, {}
+                for kind, (tokens, stop) in parts.items():
+                    decoded = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+                    stops[kind], counts[kind] = stop, len(tokens)
+                    if stop == "repetition":
+                        log.warning("granite-ar: a clip looped (%s); cut at the repeat", kind)
+                    if kind == TRANSLATE:
+                        translation = decoded
+                    else:
+                        text = decoded
+                results[i] = Transcript(text=text, translation=translation,
+                                        extras={"stop": stops, "tokens": counts})
+        return results
+
+
+class _RowGuard:
+    """Stopping criterion, one decision per row: its own token budget, or a repeating tail."""
+
+    def __init__(self, budgets: list[int], max_period: int, min_repeats: int, min_span: int, device):
+        import torch
+
+        self.budgets = torch.tensor(budgets, device=device)
+        self.max_period, self.min_repeats, self.min_span = max_period, min_repeats, min_span
+        self.start: int | None = None
+
+    def __call__(self, input_ids, scores, **kwargs):
+        if self.start is None:  # first call: one new token so far
+            self.start = input_ids.shape[1] - 1
+        gen = input_ids[:, self.start:]
+        n = gen.shape[1]
+        done = n >= self.budgets
+        for p in range(1, self.max_period + 1):
+            span = max(self.min_repeats * p, self.min_span)
+            if span > n:
+                break
+            tail = gen[:, n - span:]
+            done = done | (tail[:, p:] == tail[:, :-p]).all(dim=1)
+        return done
+
+
+# ---------------------------------------------------------------- random checkpoints (tests, benchmarks)
+
+_CORPUS = [
+    "The quick brown fox jumps over the lazy dog near the river bank.",
+    "Please call me tomorrow at the office. Good morning everyone!",
+    "Bonjour à tous, merci beaucoup. Guten Morgen, wie geht es Ihnen? Buenos días, ¿cómo estás?",
+    "Bom dia, obrigado. Buongiorno a tutti. 今日はいい天気ですね。ありがとうございます。你好，谢谢。",
+    "transcribe the speech with proper punctuation and capitalization. translate the speech to English.",
+    "0123456789 , . ? ! : ; - ' \" ( )",
+]
+
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "<|start_of_role|>{{ message['role'] }}<|end_of_role|>{{ message['content'] }}<|end_of_text|>\n"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}<|start_of_role|>assistant<|end_of_role|>{%- endif %}"
+)
+
+SIZES = {
+    # a few layers at hidden 32: seconds on a laptop CPU. Wider-than-default init and an untied LM head
+    # make the random model's greedy output depend on the audio instead of repeating one token.
+    "tiny": dict(
+        init=0.1, tie=False, vocab=None,
+        encoder=dict(num_layers=2, hidden_dim=32, num_heads=2, dim_head=16, feedforward_mult=2, output_dim=16,
+                     context_size=200, max_pos_emb=512, conv_kernel_size=15),
+        projector=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                       cross_attention_frequency=1),
+        text=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  intermediate_size=128)),
+    # about the released 2B (2.1 B parameters here): 16-layer 1024-wide conformer, 2-layer Q-Former, a
+    # 40-layer 2048-wide Granite LM (GQA 16/4) over a 100k vocabulary (dimensions approximate)
+    "full": dict(
+        init=0.02, tie=True, vocab=100352,
+        encoder=dict(num_layers=16, hidden_dim=1024, num_heads=8, dim_head=128, feedforward_mult=4,
+                     output_dim=348, context_size=200, max_pos_emb=512, conv_kernel_size=15),
+        projector=dict(hidden_size=1024, num_hidden_layers=2, num_attention_heads=16, intermediate_size=4096,
+                       cross_attention_frequency=1),
+        text=dict(hidden_size=2048, num_hidden_layers=40, num_attention_heads=16, num_key_value_heads=4,
+                  intermediate_size=4096)),
+}
+
+
+def build_tokenizer(vocab_size: int = 512):
+    """A small byte-level BPE tokenizer with Granite's role tokens, `<|audio|>` and a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|end_of_text|>", "<|start_of_role|>", "<|end_of_role|>", AUDIO_TOKEN]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(_CORPUS * 4, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|end_of_text|>",
+                                   eos_token="<|end_of_text|>", pad_token="<|end_of_text|>",
+                                   additional_special_tokens=specials[1:])
+    fast.chat_template = CHAT_TEMPLATE
+    fast.padding_side = "left"
+    return fast
+
+
+def random_checkpoint(path: str | Path, size: str = "tiny", seed: int = 0, dtype: str = "float32") -> Path:
+    """Write a randomly initialised Granite Speech checkpoint (config, safetensors, tokenizer with chat
+    template) that `GraniteARBackend` loads like the hub one. For tests and benchmarks only."""
+    torch, transformers = _imports()
+    dims = SIZES[size]
+    tokenizer = build_tokenizer()
+    audio_id = tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
+    vocab = dims["vocab"] or len(tokenizer)
+    config = transformers.GraniteSpeechConfig(
+        encoder_config=dict(input_dim=160, dropout=0.0, **dims["encoder"]),
+        projector_config=dict(model_type="blip_2_qformer", encoder_hidden_size=dims["encoder"]["hidden_dim"],
+                              hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **dims["projector"]),
+        text_config=dict(model_type="granite", vocab_size=vocab, max_position_embeddings=4096,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=dims["tie"],
+                         initializer_range=dims["init"], **dims["text"]),
+        audio_token_index=audio_id, has_lora_adapter=False, downsample_rate=5, window_size=15,
+        initializer_range=dims["init"], tie_word_embeddings=dims["tie"],
+    )
+    torch.manual_seed(seed)
+    model = transformers.GraniteSpeechForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    path = Path(path)
+    model.to(getattr(torch, dtype)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
