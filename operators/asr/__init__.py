@@ -16,6 +16,8 @@ if TYPE_CHECKING:  # pragma: no cover
 # name -> (module, class)
 _BACKENDS = {
     "whisper": ("operators.asr.whisper", "WhisperBackend"),
+    "granite-ar": ("operators.asr.granite_ar", "GraniteARBackend"),
+    "granite-nar": ("operators.asr.granite_nar", "GraniteNarBackend"),
 }
 
 

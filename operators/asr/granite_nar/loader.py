@@ -1,0 +1,164 @@
+"""Load a Granite Speech NAR checkpoint natively: config.json + safetensors (sharded through
+model.safetensors.index.json, or one model.safetensors) + the tokenizer, from one directory.
+
+Nothing from the checkpoint is executed (its `auto_map` remote code is ignored). The state-dict keys
+must be exactly the model's (the tied `language_model.lm_head.weight` may be present or absent);
+anything else is an error naming the missing and unexpected keys. A hub id is fetched with
+huggingface_hub.snapshot_download at a pinned revision only when `model_id` is not a local directory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from operators.asr.granite_nar.config import NarConfig
+from operators.asr.granite_nar.modeling import GraniteSpeechNar
+
+TIED_KEYS = {"language_model.lm_head.weight"}
+DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*", "merges*", "vocab*"]
+
+
+class CheckpointError(ValueError):
+    """The checkpoint does not match the model (keys or shapes), or files are missing."""
+
+
+def resolve_model_dir(model_id: str, revision: str | None = None) -> Path:
+    path = Path(model_id).expanduser()
+    if path.is_dir():
+        return path
+    if path.is_absolute() or model_id.startswith("."):
+        raise CheckpointError(f"model directory {model_id!r} does not exist")
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(model_id, revision=revision, allow_patterns=DOWNLOAD_PATTERNS))
+
+
+def weight_files(model_dir: Path) -> list[Path]:
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map") or {}
+        files = sorted({model_dir / f for f in weight_map.values()})
+        absent = [f.name for f in files if not f.is_file()]
+        if absent:
+            raise CheckpointError(f"{model_dir}: shards named in model.safetensors.index.json are missing: {absent}")
+        return files
+    single = model_dir / "model.safetensors"
+    if single.is_file():
+        return [single]
+    raise CheckpointError(f"{model_dir}: no model.safetensors.index.json or model.safetensors")
+
+
+def _fmt(keys: list[str], limit: int = 20) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def check_keys(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]) -> None:
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected) - TIED_KEYS)
+    wrong = sorted(k for k in set(expected) & set(found) if tuple(expected[k]) != tuple(found[k]))
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {_fmt(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {_fmt(unexpected)}")
+    if wrong:
+        problems.append(f"{len(wrong)} key(s) with the wrong shape: " + _fmt(
+            [f"{k} {tuple(found[k])} != {tuple(expected[k])}" for k in wrong]))
+    if problems:
+        raise CheckpointError("checkpoint does not match the Granite Speech NAR model: " + "; ".join(problems))
+
+
+def load_config(model_dir: Path) -> NarConfig:
+    cfg = model_dir / "config.json"
+    if not cfg.is_file():
+        raise CheckpointError(f"{model_dir}: no config.json")
+    return NarConfig.from_json_file(cfg)
+
+
+def load_model(model_dir: str | Path, device: str | torch.device = "cpu",
+               dtype: torch.dtype = torch.float32) -> GraniteSpeechNar:
+    """Build the model on the meta device, check every key and shape, then load the tensors onto
+    `device` in `dtype` (shard by shard). Eval mode, no gradients."""
+    from safetensors import safe_open
+
+    model_dir = Path(model_dir)
+    config = load_config(model_dir)
+    with torch.device("meta"):
+        model = GraniteSpeechNar(config)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    files = weight_files(model_dir)
+    found: dict[str, tuple[int, ...]] = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as st:
+            for k in st.keys():
+                found[k] = tuple(st.get_slice(k).get_shape())
+    check_keys(expected, found)
+
+    device = torch.device(device)
+    for f in files:
+        tensors = {}
+        with safe_open(str(f), framework="pt", device="cpu") as st:
+            for k in st.keys():
+                if k in TIED_KEYS:
+                    continue
+                t = st.get_tensor(k)
+                if t.is_floating_point():
+                    t = t.to(dtype)
+                tensors[k] = t.to(device)
+        model.load_state_dict(tensors, strict=False, assign=True)
+        del tensors
+    model.reset_buffers(device)
+    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if left:
+        raise CheckpointError(f"tensors left unloaded: {_fmt(left)}")
+    model.eval().requires_grad_(False)
+    return model
+
+
+def load_tokenizer(model_dir: str | Path):
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # config.json's model_type is unknown to AutoConfig: expected
+    try:
+        return AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def save_checkpoint(model: GraniteSpeechNar, model_dir: str | Path, max_shard_bytes: int | None = None) -> None:
+    """Write config.json + safetensors in the hub layout (sharded with an index when
+    max_shard_bytes is given). Used by tests and tools; the published checkpoint is never rewritten."""
+    from safetensors.torch import save_file
+
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    cfg = model.config.to_dict()
+    cfg["architectures"] = ["GraniteSpeechNarForASR"]
+    (model_dir / "config.json").write_text(json.dumps(cfg, indent=2))
+    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if not max_shard_bytes:
+        save_file(sd, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
+        return
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for k, v in sd.items():
+        n = v.numel() * v.element_size()
+        if shards[-1] and size + n > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][k] = v
+        size += n
+    weight_map = {}
+    for i, shard in enumerate(shards, 1):
+        name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(model_dir / name), metadata={"format": "pt"})
+        weight_map.update({k: name for k in shard})
+    total = sum(v.numel() * v.element_size() for v in sd.values())
+    (model_dir / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
