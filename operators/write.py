@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from operators import storage
+from operators.metrics import JobMetrics
 from operators.report import block_stats
 from operators.schema import OUTPUT_SCHEMA
 
@@ -90,11 +91,14 @@ def write_json(obj: dict, uri: str, storage_options: dict | None = None) -> None
 
 
 def write_block(batch: pa.Table, out_dir: str, storage_options: dict | None = None,
-                compression: str = "zstd") -> pa.Table:
+                compression: str = "zstd", job: str = "transcribe") -> pa.Table:
     """Ray Data stage (CPU tasks): write one block, return one small stats row for the report."""
     if batch.num_rows == 0:
         return block_stats(batch, None)
     table = batch.cast(OUTPUT_SCHEMA) if batch.schema != OUTPUT_SCHEMA else batch
     uri = storage.join(out_dir, part_name(table["audio_id"].to_pylist()))
     write_table(table, uri, storage_options, compression)
-    return block_stats(table, uri)
+    stats = block_stats(table, uri)
+    s = stats.to_pylist()[0]
+    JobMetrics(job).written(s["ok"], s["files"] - s["ok"], s["audio_s"])
+    return stats

@@ -142,7 +142,7 @@ def build(cfg: JobConfig, info: dict, source: sources.Source, units: pa.Table):
     ds = ds.map_batches(
         write.write_block, fn_kwargs={
             "out_dir": info["output"], "storage_options": cfg.output.storage_options,
-            "compression": cfg.write.compression},
+            "compression": cfg.write.compression, "job": cfg.name},
         batch_size=None, batch_format="pyarrow", num_cpus=cfg.write.num_cpus)
     return ds
 

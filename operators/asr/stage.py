@@ -14,6 +14,7 @@ keep the two-argument call.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime, timezone
 
 import numpy as np
@@ -22,8 +23,9 @@ import pyarrow as pa
 from operators.asr import load_backend
 from operators.asr.base import (TRANSLATE, TaskError, TaskSpec, accepts_tasks, capabilities, check_task,
                                 normalize_keywords, normalize_language, parse_task)
-from operators.config import JobConfig
+from operators.config import SAMPLE_RATE, JobConfig
 from operators.decode import from_pcm16
+from operators.metrics import JobMetrics
 from operators.schema import ERROR, OK, OUTPUT_SCHEMA, error_text
 from operators.segment import stitch
 
@@ -40,6 +42,7 @@ class ASRStage:
         self.default_language = cfg.asr.model.language
         self.caps = capabilities(type(self.backend))
         self.takes_tasks = accepts_tasks(self.backend)
+        self.metrics = JobMetrics(cfg.name)
 
     def _task(self, r: dict, lang: str | None) -> TaskSpec:
         """The row's task: its task columns over the job's asr.*; TaskError if the backend cannot."""
@@ -95,8 +98,12 @@ class ASRStage:
             chunk = order[at:at + self.batch_size]
             langs = [rows[clips[k][0]]["language"] or self.default_language for k in chunk]
             tasks = [specs[clips[k][0]] for k in chunk]
-            for k, res in zip(chunk, self._run([clips[k][2] for k in chunk], langs, tasks)):
+            audio = [clips[k][2] for k in chunk]
+            started = time.perf_counter()
+            for k, res in zip(chunk, self._run(audio, langs, tasks)):
                 results[k] = res
+            self.metrics.model_call(time.perf_counter() - started, len(chunk), self.batch_size,
+                                    sum(len(a) for a in audio) / SAMPLE_RATE)
         per_row: dict[int, list] = {}
         for (i, j, _), res in zip(clips, results):
             per_row.setdefault(i, []).append(res)

@@ -132,3 +132,19 @@ def test_scheduled_run_is_not_repeated_for_its_slot(s3, ray_cluster, prefix):
     put(s3, f"{prefix}/in/new.flac", clip_bytes(corpus(3)[2]))  # the next slot picks up new audio only
     nxt = run(cfg, schedule_slot="2026-11-25")
     assert nxt["files"] == 1 and nxt["skipped_already_done"] == 2
+
+
+def test_metrics_record_inside_ray_and_are_a_no_op_outside(ray_cluster):
+    import ray
+
+    from operators.metrics import JobMetrics
+
+    @ray.remote(num_cpus=0.1)
+    def record() -> bool:
+        m = JobMetrics("metrics-test")
+        m.model_call(0.2, clips=6, batch_size=8, audio_s=42.0)
+        m.written(ok=5, errors=1, audio_s=40.0)
+        return m.enabled
+
+    assert ray.get(record.remote()) is True  # metric objects exist in a worker and accept values
+    assert JobMetrics("driver-without-worker-context").enabled is ray.is_initialized()
