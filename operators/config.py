@@ -220,6 +220,23 @@ class WriteConfig(_Section):
     compression: str = Field("zstd", description="Parquet compression codec.")
 
 
+class SelectConfig(_Section):
+    mode: Literal["missing", "all", "weak", "changed"] = Field(
+        "missing", description="Which inputs a run transcribes: missing (not yet written at this "
+        "revision: resume), all (redo everything, like --overwrite), weak (rows whose transcript in "
+        "`previous` is an error, empty, or below weak_below agreement), changed (audio whose size/ETag "
+        "differs from what `previous` recorded, plus new audio).")
+    previous: str | None = Field(None, description="Another revision's output directory (weak, changed).")
+    weak_below: float = Field(0.9, ge=0, le=1, description="weak: agreement threshold.")
+
+    @model_validator(mode="after")
+    def _needs_previous(self) -> "SelectConfig":
+        if self.mode in ("weak", "changed") and not self.previous:
+            raise ValueError(f"mode {self.mode!r} compares with an earlier run: set select.previous to "
+                             "that revision's output directory (--previous DIR)")
+        return self
+
+
 class RayConfig(_Section):
     address: str | None = Field(None, description="Cluster address; none: RAY_ADDRESS or a local cluster.")
     progress_bars: bool = Field(True, description="Ray Data progress bars.")
@@ -233,6 +250,7 @@ class JobConfig(_Section):
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
     asr: ASRConfig = Field(default_factory=ASRConfig)
     write: WriteConfig = Field(default_factory=WriteConfig)
+    select: SelectConfig = Field(default_factory=SelectConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
     def redacted(self) -> dict[str, Any]:

@@ -241,7 +241,8 @@ def decode_batch(batch: pa.Table, cfg: JobConfig) -> pa.Table:
                                                 cfg.input.storage_options)))
     out = []
     for i, r in enumerate(rows):
-        rec = {k: r.get(k) for k in ("audio_id", "source_uri", "reference", "language", *TASK_COLUMNS)}
+        rec = {k: r.get(k) for k in ("audio_id", "source_uri", "source_version", "reference", "language",
+                                     *TASK_COLUMNS)}
         rec.update(duration_s=None, pcm16=None, seg_start=[], seg_end=[], status=OK, error=None)
         try:
             if r.get("source_error"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "2"  # 2: task, target_language, translation; segments[].translation
+SCHEMA_VERSION = "2"  # 2: task, target_language, translation; segments[].translation; source_version
 
 SEGMENT_TYPE = pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("text", pa.string()),
                           ("translation", pa.string())])
@@ -22,6 +22,7 @@ SOURCE_SCHEMA = pa.schema([
     ("reference", pa.string()),
     ("language", pa.string()),
     ("source_error", pa.string()),  # set when the container itself could not be read
+    ("source_version", pa.string()),  # "size:ETag" from the listing (audio globs), for change detection
     ("task", pa.string()),
     ("target_language", pa.string()),
     ("keywords", pa.list_(pa.string())),
@@ -31,6 +32,7 @@ SOURCE_SCHEMA = pa.schema([
 DECODED_SCHEMA = pa.schema([
     ("audio_id", pa.string()),
     ("source_uri", pa.string()),
+    ("source_version", pa.string()),
     ("reference", pa.string()),
     ("language", pa.string()),
     ("task", pa.string()),
@@ -48,6 +50,7 @@ OUTPUT_SCHEMA = pa.schema(
     [
         pa.field("audio_id", pa.string(), nullable=False),
         pa.field("source_uri", pa.string()),
+        pa.field("source_version", pa.string()),
         pa.field("duration_s", pa.float64()),
         pa.field("language", pa.string()),
         pa.field("text", pa.string()),

@@ -44,7 +44,8 @@ class InputError(ValueError):
 
 
 def source_table(ids: list[str], uris: list[str], refs: list | None = None, langs: list | None = None,
-                 blobs: list | None = None, errors: list | None = None, tasks: dict | None = None) -> pa.Table:
+                 blobs: list | None = None, errors: list | None = None, tasks: dict | None = None,
+                 versions: list | None = None) -> pa.Table:
     """SOURCE_SCHEMA rows; `tasks` maps task/target_language/keywords to per-row lists (see
     `task_columns`)."""
     n = len(ids)
@@ -56,6 +57,7 @@ def source_table(ids: list[str], uris: list[str], refs: list | None = None, lang
         "reference": refs if refs is not None else [None] * n,
         "language": langs if langs is not None else [None] * n,
         "source_error": errors if errors is not None else [None] * n,
+        "source_version": versions if versions is not None else [None] * n,
         **{c: tasks.get(c) or [None] * n for c in TASK_COLUMNS},
     }, schema=SOURCE_SCHEMA)
 
@@ -195,10 +197,11 @@ class AudioFilesSource(Source):
     """A glob, directory or prefix of audio files; audio_id = path below the input root."""
 
     def list_units(self) -> pa.Table:
-        files = storage.list_files(self.uri, self.opts, extensions=self.cfg.extensions)
+        files = storage.list_files_detail(self.uri, self.opts, extensions=self.cfg.extensions)
         if not files:
             raise InputError(f"no audio files with extensions {self.cfg.extensions} under {self.uri!r}")
-        return source_table([storage.relative_id(f, self.uri) for f in files], files)
+        return source_table([storage.relative_id(f, self.uri) for f in files], list(files),
+                            versions=list(files.values()))
 
 
 class WebDatasetSource(Source):

@@ -56,19 +56,28 @@ def list_files(uri: str, storage_options: dict[str, Any] | None = None,
 
     Hidden and underscore-prefixed names are skipped (they are markers, summaries or temp files).
     """
+    return list(list_files_detail(uri, storage_options, extensions))
+
+
+def list_files_detail(uri: str, storage_options: dict[str, Any] | None = None,
+                      extensions: tuple[str, ...] | list[str] | None = None) -> dict[str, str]:
+    """Like list_files, as {uri: version} where version = "size:ETag" (object stores) or
+    "size:mtime" (local files): what the listing says about each object, for change detection."""
     fs, path = filesystem(uri, storage_options)
     single = False
     if is_glob(uri):
-        found = fs.glob(path)
+        found = fs.glob(path, detail=True)
     elif fs.isdir(path):
-        found = fs.find(path)
+        found = fs.find(path, detail=True)
     elif fs.exists(path):
-        found, single = [path], True
+        found, single = {path: fs.info(path)}, True
     else:
         raise FileNotFoundError(f"input {uri!r} does not exist (no such file, directory or prefix)")
     exts = tuple(e.lower() for e in extensions) if extensions else None
-    out = []
-    for p in found:
+    out = {}
+    for p, info in found.items():
+        if info.get("type") == "directory":
+            continue
         full = unstrip(p, uri)
         name = p.rstrip("/").rsplit("/", 1)[-1]
         # hidden / underscore names below the root are markers, summaries, temp or checkpoint dirs
@@ -76,8 +85,9 @@ def list_files(uri: str, storage_options: dict[str, Any] | None = None,
             continue
         if exts and not name.lower().endswith(exts):
             continue
-        out.append(full)
-    return sorted(set(out))
+        tag = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
+        out[full] = f"{info.get('size')}:{str(tag).strip(chr(34))}"
+    return dict(sorted(out.items()))
 
 
 def relative_id(uri: str, root: str) -> str:

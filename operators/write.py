@@ -40,20 +40,29 @@ def part_name(ids: list[str]) -> str:
     return f"part-{h}.parquet"
 
 
+def read_columns(out_dir: str, columns: list[str], storage_options: dict | None = None) -> pa.Table:
+    """Some columns of every Parquet file under a version directory (empty table if none). Columns a
+    file lacks (older schema) come back as nulls."""
+    fs, path = storage.filesystem(out_dir, storage_options)
+    empty = pa.table({c: pa.array([], OUTPUT_SCHEMA.field(c).type) for c in columns})
+    if not fs.exists(path):
+        return empty
+    tables = []
+    for f in storage.list_files(out_dir, storage_options, extensions=(".parquet",)):
+        with fs.open(storage.filesystem(f, storage_options)[1], "rb") as fh:
+            pf = pq.ParquetFile(fh)
+            have = [c for c in columns if c in pf.schema_arrow.names]
+            t = pf.read(columns=have)
+        for c in columns:
+            if c not in have:
+                t = t.append_column(c, pa.nulls(t.num_rows, OUTPUT_SCHEMA.field(c).type))
+        tables.append(t.select(columns).cast(empty.schema))
+    return pa.concat_tables(tables) if tables else empty
+
+
 def done_ids(out_dir: str, storage_options: dict | None = None) -> pa.Array:
     """audio_ids already written under a version directory (empty if none)."""
-    fs, path = storage.filesystem(out_dir, storage_options)
-    if not fs.exists(path):
-        return pa.array([], pa.string())
-    files = storage.list_files(out_dir, storage_options, extensions=(".parquet",))
-    if not files:
-        return pa.array([], pa.string())
-    ids = []
-    for f in files:
-        _, p = storage.filesystem(f, storage_options)
-        with fs.open(p, "rb") as fh:
-            ids.append(pq.read_table(fh, columns=["audio_id"])["audio_id"])
-    return pa.chunked_array(ids, pa.string()).combine_chunks() if ids else pa.array([], pa.string())
+    return read_columns(out_dir, ["audio_id"], storage_options)["audio_id"].combine_chunks()
 
 
 def clear(out_dir: str, storage_options: dict | None = None) -> int:

@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 import yaml
 
-from operators import runs, sources, storage, write
+from operators import runs, selection, sources, storage, write
 from operators.asr import resolve_identity
 from operators.asr.stage import ASRStage
 from operators.decode import decode_batch
@@ -50,11 +50,18 @@ def _expand_units(batch: pa.Table, source: sources.Source) -> pa.Table:
     return pa.concat_tables(out) if out else SOURCE_SCHEMA.empty_table()
 
 
-def _drop_done(batch: pa.Table, done: Any) -> pa.Table:
+def _resolve(ref: Any) -> Any:
     import ray
 
-    ids = ray.get(done) if isinstance(done, ray.ObjectRef) else done
-    return sources.drop_done(batch, ids)
+    return ray.get(ref) if isinstance(ref, ray.ObjectRef) else ref
+
+
+def _drop_done(batch: pa.Table, done: Any) -> pa.Table:
+    return sources.drop_done(batch, _resolve(done))
+
+
+def _keep_only(batch: pa.Table, ids: Any) -> pa.Table:
+    return selection.keep_only(batch, _resolve(ids))
 
 
 def plan(cfg: JobConfig) -> dict:
@@ -98,17 +105,31 @@ def build(cfg: JobConfig, info: dict, source: sources.Source, units: pa.Table):
     import ray
 
     done = pa.array([], pa.string())
-    if cfg.output.overwrite:
-        info["removed_parquet_files"] = write.clear(info["output"], cfg.output.storage_options)
+    sel, opts = cfg.select, cfg.output.storage_options
+    if cfg.output.overwrite or sel.mode == "all":
+        info["removed_parquet_files"] = write.clear(info["output"], opts)
     else:
-        done = write.done_ids(info["output"], cfg.output.storage_options)
+        done = write.done_ids(info["output"], opts)
     info["skipped_already_done"] = 0
+    info["select"] = sel.mode
+    if sel.previous and storage.join(sel.previous, "") == storage.join(info["output"], ""):
+        raise ConfigError("select.previous is this run's own output directory; point it at the earlier "
+                          "revision's directory (a new revision writes beside it)")
+    wanted = selection.weak_ids(sel, opts) if sel.mode == "weak" else None
+    if wanted is not None:
+        info["selected_weak_in_previous"] = len(wanted)
 
     if source.expands:
         info["inputs_listed"] = f"{units.num_rows} {type(source).__name__} units"
         ds = ray.data.from_arrow(_split(units, 1))
         ds = ds.map_batches(_expand_units, fn_kwargs={"source": source}, batch_size=1,
                             batch_format="pyarrow", num_cpus=cfg.decode.num_cpus)
+        if sel.mode == "changed":
+            raise ConfigError("select.mode=changed needs object sizes/ETags from the listing: use an "
+                              "audio glob or prefix as input (tar shards and Parquet do not carry them)")
+        if wanted is not None:
+            ds = ds.map_batches(_keep_only, fn_kwargs={"ids": ray.put(wanted)}, batch_format="pyarrow",
+                                batch_size=None, num_cpus=0.1)
         if len(done):
             info["skipped_already_done"] = f"{len(done)} ids written before (filtered while reading)"
             ds = ds.map_batches(_drop_done, fn_kwargs={"done": ray.put(done)}, batch_format="pyarrow",
@@ -121,6 +142,12 @@ def build(cfg: JobConfig, info: dict, source: sources.Source, units: pa.Table):
         info["duplicate_ids_dropped"] = dups
         if dups:
             log.warning("%d rows repeat an audio_id already listed; the first of each is kept", dups)
+        if wanted is not None:
+            units = selection.keep_only(units, wanted)
+        elif sel.mode == "changed":
+            listed = units.num_rows
+            units = selection.changed_rows(units, sel, opts)
+            info["unchanged_since_previous"] = listed - units.num_rows
         before = units.num_rows
         units = sources.drop_done(units, done)
         info["skipped_already_done"] = before - units.num_rows
@@ -203,6 +230,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--schedule-slot", metavar="SLOT",
                    help="scheduled runs: @hourly, @daily, @weekly, @monthly (the current UTC period) or "
                         "a literal name; a run that completed for this config and slot is not repeated")
+    p.add_argument("--select", choices=["missing", "all", "weak", "changed"],
+                   help="which inputs to transcribe (select.mode; default missing = resume)")
+    p.add_argument("--previous", metavar="DIR",
+                   help="an earlier revision's output directory, for --select weak/changed (select.previous)")
     p.add_argument("--plan", action="store_true",
                    help="print the resolved plan (inputs, stages, resources, output) and exit; reads no audio")
     return p.parse_args(argv)
@@ -214,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides, **{
             "input.uri": args.input, "output.uri": args.output, "asr.backend": args.backend,
-            "output.overwrite": args.overwrite, "input.limit": args.limit})
+            "output.overwrite": args.overwrite, "input.limit": args.limit, "select.mode": args.select,
+            "select.previous": args.previous})
         if args.plan:
             info, source, units = prepare(cfg, args.schedule_slot)
             print(yaml.safe_dump(describe(cfg, info, source, units), sort_keys=False))

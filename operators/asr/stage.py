@@ -114,7 +114,8 @@ class ASRStage:
             lang = r["language"] or self.default_language
             spec = specs.get(i)
             rec = {
-                "audio_id": r["audio_id"], "source_uri": r["source_uri"], "duration_s": r["duration_s"],
+                "audio_id": r["audio_id"], "source_uri": r["source_uri"],
+                "source_version": r.get("source_version"), "duration_s": r["duration_s"],
                 "language": lang, "text": None, "segments": None, "reference": r["reference"],
                 "task": spec.task if spec else r.get("task"),
                 "target_language": spec.target_language if spec else r.get("target_language"),

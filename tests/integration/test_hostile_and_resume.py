@@ -148,3 +148,38 @@ def test_metrics_record_inside_ray_and_are_a_no_op_outside(ray_cluster):
 
     assert ray.get(record.remote()) is True  # metric objects exist in a worker and accept values
     assert JobMetrics("driver-without-worker-context").enabled is ray.is_initialized()
+
+
+def test_rerun_selection_weak_and_changed(s3, ray_cluster, prefix):
+    """A new revision re-transcribes only what an earlier revision did badly, or what changed."""
+    import numpy as np
+
+    from operators.config import ConfigError
+    from operators.asr.whisper import _bundled_model_dir
+
+    items = corpus(4)
+    for e in items[:3]:
+        put(s3, f"{prefix}/in/{e['uri']}", clip_bytes(e))
+    put(s3, f"{prefix}/in/silent.wav", af.encode(np.zeros(16000, np.float32), 16000, "wav"))
+    put(s3, f"{prefix}/in/bad.wav", af.text_as_wav())
+    model = str(_bundled_model_dir())
+
+    def cfg(rev, *extra):
+        return job_config(f"{prefix}/in/", f"{prefix}/out", "input.format=audio", f"asr.model.id={model}",
+                          f"asr.model.revision={rev}", *extra)
+
+    first = run(cfg("rev-a"))
+    assert first["files"] == 5 and first["ok"] == 4  # silent.wav is ok with an empty transcript
+
+    weak = run(cfg("rev-b", "select.mode=weak", f"select.previous={first['output']}"))
+    assert weak["files"] == 2 and weak["selected_weak_in_previous"] == 2
+    assert {r["audio_id"] for r in read_output(s3, weak["output"])} == {"silent.wav", "bad.wav"}
+
+    put(s3, f"{prefix}/in/{items[0]['uri']}", clip_bytes(items[3]))  # new content, same name
+    put(s3, f"{prefix}/in/new.flac", clip_bytes(items[3]))
+    changed = run(cfg("rev-c", "select.mode=changed", f"select.previous={first['output']}"))
+    assert changed["unchanged_since_previous"] == 4
+    assert {r["audio_id"] for r in read_output(s3, changed["output"])} == {items[0]["uri"], "new.flac"}
+
+    with pytest.raises(ConfigError, match="own output"):
+        run(cfg("rev-a", "select.mode=weak", f"select.previous={first['output']}"))

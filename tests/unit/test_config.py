@@ -186,3 +186,9 @@ def test_every_profile_loads(profile):
         pytest.skip("no configs/*.yaml profiles in the repository")
     cfg = load_config(profile)
     assert isinstance(cfg, JobConfig)
+
+
+def test_select_weak_needs_previous():
+    with pytest.raises(ConfigError, match=r"select.*previous"):
+        load_config(None, ["select.mode=weak"])
+    assert load_config(None, ["select.mode=changed", "select.previous=s3://o/v1"]).select.previous == "s3://o/v1"

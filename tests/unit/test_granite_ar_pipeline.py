@@ -123,7 +123,8 @@ def test_manifest_task_columns(tmp_path):
     t = ManifestSource(InputConfig(uri=str(tmp_path / "m.csv"))).list_units()
     assert t.to_pylist()[0] | {"source_uri": None} == {
         "audio_id": "x", "source_uri": None, "audio_bytes": None, "reference": None, "language": None,
-        "source_error": None, "task": "transcribe", "target_language": None, "keywords": ["Granite", "watsonx"]}
+        "source_error": None, "source_version": None, "task": "transcribe", "target_language": None,
+        "keywords": ["Granite", "watsonx"]}
     assert (t["task"][1].as_py(), t["target_language"][1].as_py(), t["keywords"][1].as_py()) == (None, "ja", None)
 
 

@@ -21,7 +21,8 @@ T0 = dt.datetime(2024, 5, 6, 7, 8, 9, 123000, tzinfo=dt.timezone.utc)
 def _row(audio_id, status=OK, error=None, text="", reference=None, duration=1.0, segments=None,
          language="en"):
     return {
-        "audio_id": audio_id, "source_uri": f"s3://b/{audio_id}.wav", "duration_s": duration,
+        "audio_id": audio_id, "source_uri": f"s3://b/{audio_id}.wav", "source_version": "1234:abc",
+        "duration_s": duration,
         "language": language, "text": text if status == OK else None,
         "segments": segments if segments is not None else (
             [{"start_s": 0.0, "end_s": duration, "text": text, "translation": None}]

@@ -56,10 +56,10 @@ def test_plain_csv_manifest(tmp_path):
     assert t.to_pylist() == [
         {"audio_id": "utt-a", "source_uri": f"{tmp_path}/audio/a.wav", "audio_bytes": None,
          "reference": "hello, there", "language": "en", "source_error": None,
-         "task": None, "target_language": None, "keywords": None},
+         "source_version": None, "task": None, "target_language": None, "keywords": None},
         {"audio_id": "utt-b", "source_uri": "s3://bk/b.flac", "audio_bytes": None,
          "reference": "bonjour", "language": "fr", "source_error": None,
-         "task": None, "target_language": None, "keywords": None},
+         "source_version": None, "task": None, "target_language": None, "keywords": None},
     ]
 
 
@@ -338,3 +338,13 @@ def test_listing_skips_hidden_and_underscore_directories_but_not_a_named_file(tm
         (tmp_path / rel).write_bytes(b"x")
     assert list_files(str(tmp_path)) == [f"{tmp_path}/a/x.wav"]
     assert list_files(str(tmp_path / "_named.wav")) == [f"{tmp_path}/_named.wav"]
+
+
+def test_audio_listing_records_size_and_mtime_as_the_source_version(tmp_path):
+    from operators.config import InputConfig
+    from operators.sources import AudioFilesSource
+
+    (tmp_path / "a.wav").write_bytes(b"x" * 10)
+    [row] = AudioFilesSource(InputConfig(uri=str(tmp_path))).list_units().to_pylist()
+    size, tag = row["source_version"].split(":", 1)
+    assert size == "10" and tag
