@@ -19,7 +19,7 @@ install: $(STAMP)
 
 ## The main job on embedded defaults: local S3 server, local Ray, offline Whisper model.
 demo: $(STAMP)
-	$(PY) -m pipelines.demo
+	$(PY) -m pipelines.demo $(DEMO_ARGS)
 
 ## The whole test suite (unit + integration on local Ray and a real S3 server + real speech).
 test: $(STAMP)

@@ -64,19 +64,44 @@ def show_transcripts(s3: LocalS3, out_dir: str, n: int) -> None:
               f"WER={w:.3f}  {text}")
 
 
+def granite_overrides(download: bool) -> list[str] | None:
+    """--set overrides that run the demo on granite-nar (the published checkpoint at its pinned
+    revision) when its weights are on this machine, or `download` asks for them; None otherwise."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        from operators.asr.granite_nar.backend import DEFAULT_MODEL, DEFAULT_REVISION
+        from operators.asr.granite_nar.loader import DOWNLOAD_PATTERNS
+
+        path = snapshot_download(DEFAULT_MODEL, revision=DEFAULT_REVISION, allow_patterns=DOWNLOAD_PATTERNS,
+                                 local_files_only=not download)
+    except Exception as e:  # noqa: BLE001 - any failure means: fall back
+        why = "not in the local Hugging Face cache" if not download else f"{type(e).__name__}: {e}"
+        print(f"granite-nar: weights {why}; using the offline whisper backend instead "
+              "(make demo DEMO_ARGS=--granite downloads them, several GB)")
+        return None
+    print(f"granite-nar: using {DEFAULT_MODEL}@{DEFAULT_REVISION[:10]} from {path}")
+    return ["asr.backend=granite-nar", f"asr.model.id={path}", f"asr.model.revision={DEFAULT_REVISION}",
+            "asr.batch_size=8", "asr.model.language=en"]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(CONFIG))
     p.add_argument("--long-seconds", type=float, default=240.0, help="length of the stitched long file")
     p.add_argument("--show", type=int, default=8, help="transcripts to print")
     p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--granite", action="store_true",
+                   help="run granite-nar, downloading its weights if they are not cached")
+    p.add_argument("--whisper", action="store_true", help="run the offline whisper backend")
     args = p.parse_args(argv)
+    backend = [] if args.whisper else (granite_overrides(args.granite) or [])
     with LocalS3() as s3:
         os.environ.update(s3.env)  # s3fs in the driver and in Ray workers reads the standard AWS_* vars
         s3.make_bucket(BUCKET)
         manifest = stage_corpus(s3, f"s3://{BUCKET}/corpus", args.long_seconds)
         print(f"S3 server {s3.endpoint}: uploaded {len(demo_corpus.entries()) + 1} files and {manifest}")
-        cfg = load_config(args.config, args.overrides, **{
+        cfg = load_config(args.config, backend + args.overrides, **{
             "input.uri": manifest, "output.uri": f"s3://{BUCKET}/transcripts", "output.overwrite": True})
         result = run(cfg)
         print(format_summary(result))

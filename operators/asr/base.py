@@ -15,9 +15,11 @@ to a backend whose `transcribe` has that parameter.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -197,3 +199,26 @@ class ASRBackend(Protocol):
         turns it into that file's error row); raising fails the whole call (the stage then retries
         clip by clip)."""
         ...
+
+
+def local_revision(path: Path) -> str:
+    """A stable revision for a local checkpoint directory: a hash of its file names and sizes and of
+    its small JSON files (configs), so a changed checkpoint gets a new output version."""
+    h = hashlib.sha1()
+    for p in sorted(q for q in path.iterdir() if q.is_file()):
+        h.update(p.name.encode())
+        h.update(str(p.stat().st_size).encode())
+        if p.suffix == ".json" and p.stat().st_size < 1 << 22:
+            h.update(p.read_bytes())
+    return "local-" + h.hexdigest()[:12]
+
+
+def model_identity(model_id: str | None, revision: str | None, default_id: str,
+                   default_revision: str = "unpinned") -> tuple[str, str]:
+    """(model, revision) a backend writes, without loading weights: the configured id (a local
+    directory gets a content hash as revision unless one is pinned), else the backend's default."""
+    if not model_id:
+        return default_id, revision or default_revision
+    if Path(model_id).is_dir():
+        return model_id, revision or local_revision(Path(model_id))
+    return model_id, revision or "unpinned"

