@@ -75,8 +75,10 @@ def test_config_roundtrip_and_published_names():
     assert full.encoder_config.self_conditioning_layer == 8
     assert full.resolved_layer_indices() == [4, 8, 12, 16]
     assert full.blank_token_id == 100257
-    assert full.bpe_blank == (0, 1)           # 100353 = vocab + 1: blank class 0, ids shifted by one
+    # the public ports' reading: BPE classes are token ids, blank = the editor's blank (text eos)
+    assert full.bpe_blank == (100257, 0)
     assert tiny_config(encoder_config={"bpe_output_dim": 64}).bpe_blank == (63, 0)
+    assert tiny_config(bpe_blank_shifted=True).bpe_blank == (0, 1)  # granite-nar.md's reading
     # rope_theta given the transformers-5 way, unknown keys ignored
     data = cfg.to_dict()
     data["text_config"].pop("rope_theta")

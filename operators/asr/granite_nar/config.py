@@ -67,7 +67,7 @@ class EncoderConfig:
     self_conditioning_layer: int | None = None   # default num_layers // 2
     bpe_output_dim: int = 100353
     bpe_pooling_window: int = 4
-    blank_token_id: int | None = None   # blank class of the BPE head (see NarConfig.bpe_blank)
+    blank_token_id: int | None = None   # the character head's blank (self-conditioning uses class 0)
 
     def __post_init__(self) -> None:
         if self.dim_head is None:
@@ -116,6 +116,7 @@ class NarConfig:
     scale_projected_embeddings: bool = True
     blank_token_id: int | None = None       # editor slot / blank token; default text eos
     min_edit_sequence_length: int = 8
+    bpe_blank_shifted: bool = False         # see bpe_blank; not in the published config.json
     model_type: str = "granite_speech_nar"
 
     def __post_init__(self) -> None:
@@ -149,16 +150,16 @@ class NarConfig:
     def bpe_blank(self) -> tuple[int, int]:
         """(blank class of the BPE CTC head, offset subtracted from the other classes to get token ids).
 
-        A head with vocab_size + 1 outputs (the published one: 100353) has its own blank at class 0
-        and token t at class t + 1. A head with vocab_size outputs uses the editor's blank token
-        (text eos) as its blank, classes = token ids. An explicit encoder_config.blank_token_id
-        names the blank class; the offset is 1 only for blank 0 on a vocab_size + 1 head."""
-        enc = self.encoder_config
-        extra = enc.bpe_output_dim == self.vocab_size + 1
-        if enc.blank_token_id is not None:
-            blank = int(enc.blank_token_id)
-            return blank, 1 if (extra and blank == 0) else 0
-        return (0, 1) if extra else (int(self.blank_token_id), 0)
+        Classes are text token ids and the blank is the editor's blank token (top-level
+        blank_token_id, the text eos 100257), as in the transformers port (PR #46031, co-authored by
+        IBM) and ccyrene's re-implementation, which both decode the published checkpoint this way;
+        the head's extra 100353rd class is never a token. (granite-nar.md describes blank 0 with ids
+        shifted by one; both public ports contradict it. encoder_config.blank_token_id is the
+        character head's blank, used by self-conditioning, not this one.) Until this is checked on
+        the real weights, `bpe_blank_shifted: true` in config.json selects the other reading."""
+        if self.bpe_blank_shifted:
+            return 0, 1
+        return int(self.blank_token_id), 0
 
     def resolved_layer_indices(self) -> list[int]:
         n = self.encoder_config.num_layers + 1   # index 0 = input_linear output
@@ -197,6 +198,7 @@ class NarConfig:
             "scale_projected_embeddings": self.scale_projected_embeddings,
             "blank_token_id": self.blank_token_id,
             "min_edit_sequence_length": self.min_edit_sequence_length,
+            **({"bpe_blank_shifted": True} if self.bpe_blank_shifted else {}),
         }
 
     def granite_config(self):

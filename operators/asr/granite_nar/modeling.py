@@ -199,8 +199,13 @@ class ConformerEncoder(nn.Module):
         pooled = (h * weights.unsqueeze(-1)).sum(2).to(x.dtype)
         bpe_lengths = [-(-int(n) // w) for n in lengths.tolist()]
         flat = torch.cat([pooled[i, :n] for i, n in enumerate(bpe_lengths)])
-        ids = _argmax_rows(flat, self.out_bpe.weight, self.out_bpe.bias).tolist()
         blank, offset = cfg.bpe_blank
+        weight, bias = self.out_bpe.weight, self.out_bpe.bias
+        if offset == 0 and weight.shape[0] > cfg.vocab_size:
+            # classes are token ids: the head's extra class(es) past the text vocabulary are no token
+            weight = weight[:cfg.vocab_size]
+            bias = bias[:cfg.vocab_size] if bias is not None else None
+        ids = _argmax_rows(flat, weight, bias).tolist()
         hyps, start = [], 0
         for n in bpe_lengths:
             hyps.append(ctc_collapse(ids[start:start + n], blank, offset))

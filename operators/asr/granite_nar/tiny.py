@@ -74,9 +74,12 @@ def random_model(config: NarConfig | None = None, seed: int = 0):
                 mod.running_var.uniform_(0.5, 1.5)
                 mod.weight.normal_(1, 0.1)
                 mod.bias.normal_(0, 0.1)
-        model.language_model.model.embed_tokens.weight.normal_(0, 0.5)
+        model.language_model.model.embed_tokens.weight.normal_(0, 0.05)
         model.encoder.out_bpe.weight.normal_(0, 1.0)   # hypotheses that follow the audio
         model.encoder.out.weight.normal_(0, 0.5)
+        for layer in model.language_model.model.layers:  # an editor that edits, not only copies
+            layer.mlp.down_proj.weight.normal_(0, 2.0)
+            layer.self_attn.o_proj.weight.normal_(0, 2.0)
     return model.eval().requires_grad_(False)
 
 
