@@ -97,6 +97,12 @@ def _read_members(container: str, wanted: set[str], storage_options: dict | None
     return found
 
 
+def _put(uri: str, data: bytes, storage_options: dict | None) -> None:
+    fs, p = storage.filesystem(uri, storage_options)
+    fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
+    fs.pipe_file(p, data)
+
+
 def _audio_ext(row: dict) -> str:
     uri = row["source_uri"].split("#")[-1]
     ext = posixpath.splitext(uri)[1].lower()
@@ -127,9 +133,7 @@ def write_nemo(batch: pa.Table, out_dir: str, rules: FilterRules, storage_option
     elif inside:
         for r, data in _with_audio(inside, dropped, storage_options):
             uri = storage.join(audio_dir, r["audio_id"] + _audio_ext(r))
-            fs, p = storage.filesystem(uri, storage_options)
-            fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
-            fs.pipe_file(p, data)
+            _put(uri, data, storage_options)
             paths[r["audio_id"]] = uri
     for r in kept:
         if r["audio_id"] in paths:
@@ -142,9 +146,7 @@ def write_nemo(batch: pa.Table, out_dir: str, rules: FilterRules, storage_option
     if not exported:
         return _stats(exported, dropped, None)
     uri = storage.join(out_dir, _name(exported, "jsonl"))
-    fs, p = storage.filesystem(uri, storage_options)
-    fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
-    fs.pipe_file(p, ("\n".join(lines) + "\n").encode())
+    _put(uri, ("\n".join(lines) + "\n").encode(), storage_options)
     return _stats(exported, dropped, uri)
 
 
@@ -187,9 +189,7 @@ def write_wds(batch: pa.Table, out_dir: str, rules: FilterRules, storage_options
                 tar.addfile(info, io.BytesIO(payload))
     rows = [r for r, _ in pairs]
     uri = storage.join(out_dir, _name(rows, "tar"))
-    fs, p = storage.filesystem(uri, storage_options)
-    fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
-    fs.pipe_file(p, buf.getvalue())
+    _put(uri, buf.getvalue(), storage_options)
     return _stats(rows, dropped, uri)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
 
@@ -29,3 +30,38 @@ def init_ray(address: str | None = None) -> bool:
                     "interface address instead of 127.0.0.1")
     ray.init(include_dashboard=False, _node_ip_address="127.0.0.1")
     return True
+
+
+@contextmanager
+def ray_session(address: str | None = None):
+    """init_ray for the duration of a block; a local cluster started here is shut down after."""
+    started = init_ray(address)
+    try:
+        yield
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def transcript_files(uri: str, storage_options: dict | None = None) -> list[str]:
+    """Every transcript Parquet file under `uri` (one revision's directory or a whole output tree);
+    FileNotFoundError when there is none. Call before starting Ray, so a bad path fails fast."""
+    from operators import storage
+
+    files = storage.list_files(uri, storage_options, extensions=(".parquet",))
+    if not files:
+        raise FileNotFoundError(f"no transcript Parquet under {uri!r}")
+    return files
+
+
+def read_transcripts(files: list[str], storage_options: dict | None = None, columns: list[str] | None = None):
+    """A Ray Dataset over transcript Parquet files (see transcript_files)."""
+    import ray
+
+    from operators import storage
+
+    fs, _ = storage.arrow_filesystem(files[0], storage_options)
+    paths = [storage.arrow_filesystem(f, storage_options)[1] for f in files]
+    return ray.data.read_parquet(paths, filesystem=fs, columns=columns)

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from operators import storage
 from operators.report import normalize
-from pipelines.cluster import init_ray
+from pipelines.cluster import ray_session, read_transcripts, transcript_files
 
 SCORE_SCHEMA = pa.schema([
     ("system", pa.string()), ("dataset", pa.string()), ("language", pa.string()),
@@ -159,24 +159,14 @@ def plots(scores: list[dict], report: Path) -> list[str]:
 
 def run_evaluate(input_uri: str, report_dir: str | None = None, dataset_from: str = "prefix",
                  storage_options: dict | None = None, address: str | None = None) -> dict:
-    files = storage.list_files(input_uri, storage_options, extensions=(".parquet",))
-    if not files:
-        raise FileNotFoundError(f"no transcript Parquet under {input_uri!r}")
-    started = init_ray(address)
-    import ray
-
-    try:
-        fs, _ = storage.arrow_filesystem(files[0], storage_options)
-        ds = ray.data.read_parquet([storage.arrow_filesystem(f, storage_options)[1] for f in files],
-                                   filesystem=fs)
+    files = transcript_files(input_uri, storage_options)
+    with ray_session(address):
+        ds = read_transcripts(files, storage_options)
         ds = ds.map_batches(score_rows, fn_kwargs={"dataset_from": dataset_from}, batch_format="pyarrow",
                             num_cpus=0.5)
         scores = []
         for b in ds.iter_batches(batch_format="pyarrow", batch_size=None):
             scores += b.cast(SCORE_SCHEMA).to_pylist()
-    finally:
-        if started:
-            ray.shutdown()
     metrics = aggregate(scores)
     summaries = _summaries(input_uri, storage_options)
     result = {"metrics": metrics, "table": leaderboard(metrics, summaries),

@@ -20,23 +20,16 @@ from operators import storage
 from operators.export import EXPORT_STATS, WRITERS
 from operators.filters import REASONS, FilterRules
 from operators.write import write_json
-from pipelines.cluster import init_ray
+from pipelines.cluster import ray_session, read_transcripts, transcript_files
 
 
 def run_export(input_dir: str, fmt: str, output: str, rules: FilterRules, audio_dir: str | None = None,
                rows_per_file: int = 1000, storage_options: dict | None = None,
                address: str | None = None) -> dict:
-    files = storage.list_files(input_dir, storage_options, extensions=(".parquet",))
-    if not files:
-        raise FileNotFoundError(f"no transcript Parquet under {input_dir!r}")
-    started = init_ray(address)
-    import ray
-
-    try:
+    files = transcript_files(input_dir, storage_options)
+    with ray_session(address):
         t0 = time.time()
-        fs, _ = storage.arrow_filesystem(files[0], storage_options)
-        ds = ray.data.read_parquet([storage.arrow_filesystem(f, storage_options)[1] for f in files],
-                                   filesystem=fs)
+        ds = read_transcripts(files, storage_options)
         kwargs = {"out_dir": output, "rules": rules, "storage_options": storage_options}
         if fmt == "nemo":
             kwargs["audio_dir"] = audio_dir
@@ -49,15 +42,12 @@ def run_export(input_dir: str, fmt: str, output: str, rules: FilterRules, audio_
                 audio_s += r["audio_s"]
                 files_out += 1 if r["path"] else 0
                 dropped.update(json.loads(r["dropped"]))
-        order = list(REASONS) + sorted(set(dropped) - set(REASONS))
-        summary = {"format": fmt, "input": input_dir, "output": output, "kept": kept,
-                   "kept_audio_hours": audio_s / 3600, "dropped": {k: dropped[k] for k in order if dropped[k]},
-                   "files_written": files_out, "rules": rules.model_dump(), "wall_seconds": time.time() - t0}
-        write_json(summary, storage.join(output, "_export_summary.json"), storage_options)
-        return summary
-    finally:
-        if started:
-            ray.shutdown()
+    order = list(REASONS) + sorted(set(dropped) - set(REASONS))
+    summary = {"format": fmt, "input": input_dir, "output": output, "kept": kept,
+               "kept_audio_hours": audio_s / 3600, "dropped": {k: dropped[k] for k in order if dropped[k]},
+               "files_written": files_out, "rules": rules.model_dump(), "wall_seconds": time.time() - t0}
+    write_json(summary, storage.join(output, "_export_summary.json"), storage_options)
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,9 +18,8 @@ import sys
 
 import pyarrow as pa
 
-from operators import storage
 from operators.report import normalize, word_errors
-from pipelines.cluster import init_ray
+from pipelines.cluster import ray_session, read_transcripts, transcript_files
 
 COLUMNS = ["audio_id", "text", "status", "language"]
 BLOCK_SCHEMA = pa.schema([("n", pa.int64()), ("changed", pa.int64()), ("errors", pa.int64()),
@@ -54,27 +53,19 @@ def score_pairs(batch: pa.Table, top: int) -> pa.Table:
         "recovered": recovered, "top": json.dumps(sorted(heap, reverse=True))}], schema=BLOCK_SCHEMA)
 
 
-def _read(ray, uri: str, storage_options: dict | None, suffix: str):
-    files = storage.list_files(uri, storage_options, extensions=(".parquet",))
-    if not files:
-        raise FileNotFoundError(f"no transcript Parquet under {uri!r}")
-    fs, _ = storage.arrow_filesystem(files[0], storage_options)
-    ds = ray.data.read_parquet([storage.arrow_filesystem(f, storage_options)[1] for f in files],
-                               filesystem=fs, columns=COLUMNS)
-    return ds.rename_columns({c: f"{c}_{suffix}" for c in COLUMNS if c != "audio_id"}), len(files)
+def _read(files: list[str], storage_options: dict | None, suffix: str):
+    ds = read_transcripts(files, storage_options, COLUMNS)
+    return ds.rename_columns({c: f"{c}_{suffix}" for c in COLUMNS if c != "audio_id"})
 
 
 def run_diff(old: str, new: str, top: int = 20, storage_options: dict | None = None,
              address: str | None = None) -> dict:
-    started = init_ray(address)
-    import ray
-
-    try:
-        old_ds, n_old_files = _read(ray, old, storage_options, "old")
-        new_ds, n_new_files = _read(ray, new, storage_options, "new")
+    old_files, new_files = transcript_files(old, storage_options), transcript_files(new, storage_options)
+    with ray_session(address):
+        old_ds, new_ds = _read(old_files, storage_options, "old"), _read(new_files, storage_options, "new")
         n_old, n_new = old_ds.count(), new_ds.count()
-        joined = old_ds.join(new_ds, join_type="inner", num_partitions=max(1, min(64, n_old_files + n_new_files)),
-                             on=("audio_id",))
+        joined = old_ds.join(new_ds, join_type="inner", on=("audio_id",),
+                             num_partitions=max(1, min(64, len(old_files) + len(new_files))))
         scored = joined.map_batches(score_pairs, fn_kwargs={"top": top}, batch_format="pyarrow",
                                     batch_size=None, num_cpus=0.5)
         totals = dict.fromkeys(["n", "changed", "errors", "words", "became_error", "recovered"], 0)
@@ -84,9 +75,6 @@ def run_diff(old: str, new: str, top: int = 20, storage_options: dict | None = N
                 for k in totals:
                     totals[k] += r[k]
                 best += [tuple(x) for x in json.loads(r["top"])]
-    finally:
-        if started:
-            ray.shutdown()
     best = sorted(best, reverse=True)[:top]
     return {
         "old": old, "new": new, "rows_old": n_old, "rows_new": n_new, "rows_in_both": totals["n"],

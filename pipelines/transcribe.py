@@ -26,7 +26,7 @@ from operators.decode import decode_batch
 from operators.config import ConfigError, JobConfig, load_config
 from operators.report import STATS_SCHEMA, Summary, format_summary
 from operators.schema import SOURCE_SCHEMA
-from pipelines.cluster import init_ray
+from pipelines.cluster import ray_session
 
 log = logging.getLogger("pipelines.transcribe")
 
@@ -193,26 +193,20 @@ def run(cfg: JobConfig, schedule_slot: str | None = None) -> dict:
     info, source, units = prepare(cfg, schedule_slot)
     if schedule_slot:
         runs.begin(info["output"], info["run_id"], info["schedule_slot"], cfg.output.storage_options)
-    started = init_ray(cfg.ray.address)
-    import ray
+    with ray_session(cfg.ray.address):
+        import ray
 
-    try:
         ray.data.DataContext.get_current().enable_progress_bars = cfg.ray.progress_bars
         ds = build(cfg, info, source, units)
         summary = Summary()
         if ds is not None:
             for stats in ds.iter_batches(batch_format="pyarrow", batch_size=None):
                 summary.add(stats.cast(STATS_SCHEMA))
-        result = summary.as_dict(time.time() - t0, **info)
-        write.write_json(result, storage.join(info["output"], write.SUMMARY_NAME),
-                         cfg.output.storage_options)
-        if schedule_slot:
-            runs.finish(info["output"], info["run_id"], info["schedule_slot"], result,
-                        cfg.output.storage_options)
-        return result
-    finally:
-        if started:
-            ray.shutdown()
+        result = summary.as_dict(time.time() - t0, **info)  # wall time excludes shutting Ray down
+    write.write_json(result, storage.join(info["output"], write.SUMMARY_NAME), cfg.output.storage_options)
+    if schedule_slot:
+        runs.finish(info["output"], info["run_id"], info["schedule_slot"], result, cfg.output.storage_options)
+    return result
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
