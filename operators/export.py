@@ -6,7 +6,6 @@ passes through the driver but counts.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import posixpath
@@ -18,6 +17,7 @@ import pyarrow.parquet as pq
 
 from operators import storage
 from operators.filters import FilterRules, drop_reason
+from operators.write import part_name, write_table
 
 EXPORT_STATS = pa.schema([("kept", pa.int64()), ("audio_s", pa.float64()), ("dropped", pa.string()),
                           ("path", pa.string())])
@@ -35,8 +35,7 @@ def _stats(kept: list[dict], dropped: Counter, path: str | None) -> pa.Table:
 
 
 def _name(rows: list[dict], ext: str) -> str:
-    h = hashlib.sha1("\n".join(sorted(r["audio_id"] for r in rows)).encode()).hexdigest()[:20]
-    return f"part-{h}.{ext}"
+    return part_name([r["audio_id"] for r in rows], ext)
 
 
 def _split(batch: pa.Table, rules: FilterRules) -> tuple[list[dict], Counter]:
@@ -152,8 +151,6 @@ def write_nemo(batch: pa.Table, out_dir: str, rules: FilterRules, storage_option
 
 def write_hf(batch: pa.Table, out_dir: str, rules: FilterRules, storage_options: dict | None = None) -> pa.Table:
     """Parquet in the Hugging Face datasets layout: audio {bytes, path} + text (+ provenance)."""
-    from operators.write import write_table
-
     kept, dropped = _split(batch, rules)
     pairs = _with_audio(kept, dropped, storage_options)
     if not pairs:

@@ -35,9 +35,10 @@ def version_dir(output_uri: str, backend: str, model: str, revision: str) -> str
     return storage.join(output_uri, _slug(backend), _slug(model), _slug(revision))
 
 
-def part_name(ids: list[str]) -> str:
+def part_name(ids: list[str], ext: str = "parquet") -> str:
+    """Deterministic file name for a block: a hash of its ids, whatever their order."""
     h = hashlib.sha1("\n".join(sorted(ids)).encode()).hexdigest()[:20]
-    return f"part-{h}.parquet"
+    return f"part-{h}.{ext}"
 
 
 def read_columns(out_dir: str, columns: list[str], storage_options: dict | None = None) -> pa.Table:
