@@ -1,11 +1,12 @@
 """The whole job with --backend granite-nar on a tiny random checkpoint in the hub layout (local Ray
-cluster + real S3 server). Random weights give garbage text: the test checks structure, not words."""
+cluster + real S3 server). Random weights give garbage text: the test checks structure, not words,
+and that the two published layouts of the BPE CTC head give the same transcripts with no setting."""
 
 from __future__ import annotations
 
 import pytest
 
-from operators.asr.granite_nar.tiny import build_tiny_checkpoint
+from operators.asr.granite_nar.tiny import build_tiny_checkpoint, move_bpe_blank
 from pipelines import demo_corpus
 from pipelines.transcribe import run
 from tests.integration.conftest import clip_bytes, corpus, job_config, jsonl, put, read_output
@@ -41,3 +42,12 @@ def test_granite_nar_job(s3, ray_cluster, prefix, tmp_path):
         assert r["segments"] and r["segments"][0]["start_s"] == 0.0
     long = next(r for r in out if r["audio_id"] == "long")
     assert len(long["segments"]) >= 3
+
+    # the same model as the current hub snapshots hold it (head vocab wide, blank = blank_token_id)
+    moved = move_bpe_blank(ckpt, tmp_path / "granite-nar-tiny-vocab-wide")
+    cfg = job_config(f"{prefix}/in/manifest.jsonl", f"{prefix}/out-moved", "asr.backend=granite-nar",
+                     f"asr.model.id={moved}", "asr.num_cpus=0.5")
+    again = {r["audio_id"]: r for r in read_output(s3, run(cfg)["output"])}
+    assert sorted(again) == sorted(ids)
+    for r in out:
+        assert (again[r["audio_id"]]["text"], again[r["audio_id"]]["ctc_text"]) == (r["text"], r["ctc_text"])

@@ -14,7 +14,7 @@ import torch
 from operators.asr import load_backend, resolve_identity
 from operators.asr.base import ASRBackend
 from operators.asr.granite_nar import GraniteNarBackend
-from operators.asr.granite_nar.config import NarConfig
+from operators.asr.granite_nar.config import BpeLayoutError, NarConfig
 from operators.asr.granite_nar.loader import CheckpointError, load_model, save_checkpoint
 from operators.asr.granite_nar.modeling import (GraniteSpeechNar, agreement, ctc_collapse, edit_distance,
                                                 insertion_slots)
@@ -75,10 +75,17 @@ def test_config_roundtrip_and_published_names():
     assert full.encoder_config.self_conditioning_layer == 8
     assert full.resolved_layer_indices() == [4, 8, 12, 16]
     assert full.blank_token_id == 100257
-    # the public ports' reading: BPE classes are token ids, blank = the editor's blank (text eos)
-    assert full.bpe_blank == (100257, 0)
+    # the BPE head's layout follows its width against the text vocabulary
+    assert full.encoder_config.bpe_output_dim == 100352 and full.bpe_blank == (100257, 0)   # current
+    assert NarConfig(encoder_config={"bpe_output_dim": 100353}).bpe_blank == (0, 1)        # older
+    assert tiny_config().bpe_blank == (0, 1)                                                # 65 = 64 + 1
     assert tiny_config(encoder_config={"bpe_output_dim": 64}).bpe_blank == (63, 0)
-    assert tiny_config(bpe_blank_shifted=True).bpe_blank == (0, 1)  # granite-nar.md's reading
+    with pytest.raises(BpeLayoutError, match=r"is 70 classes wide but the text vocabulary is 64"):
+        tiny_config(encoder_config={"bpe_output_dim": 70}).bpe_blank
+    # an explicit override reads an odd width one way or the other
+    assert tiny_config(encoder_config={"bpe_output_dim": 70}, bpe_blank_shifted=False).bpe_blank == (63, 0)
+    assert tiny_config(encoder_config={"bpe_output_dim": 70}, bpe_blank_shifted=True).bpe_blank == (0, 1)
+    assert tiny_config(encoder_config={"bpe_output_dim": 64}, bpe_blank_shifted=True).bpe_blank == (0, 1)
     # rope_theta given the transformers-5 way, unknown keys ignored
     data = cfg.to_dict()
     data["text_config"].pop("rope_theta")
@@ -90,8 +97,11 @@ def test_config_roundtrip_and_published_names():
 
 
 def test_full_size_on_meta_matches_published_keys():
+    # the key list was taken from a snapshot whose BPE head is vocab + 1 wide
     with torch.device("meta"):
-        model = GraniteSpeechNar(NarConfig())
+        model = GraniteSpeechNar(NarConfig(encoder_config={"bpe_output_dim": 100353}))
+        current = GraniteSpeechNar(NarConfig())       # the pinned revision: vocab wide
+    assert sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in current.parameters()) == 1025
     published = json.loads(KEYS_JSON.read_text())
     expected = {k: tuple(v) for k, v in published["keys"].items()}
     got = {k: tuple(v.shape) for k, v in model.state_dict().items()}

@@ -7,6 +7,9 @@ asr.model.options:
   max_batch      clips per model call (default 128; a transcribe() call is cut into sorted sub-batches)
   max_clip_s     longest clip accepted (default 240 s: the editor holds 4096 positions)
   empty_cache    true: torch.cuda.empty_cache() between sub-batches of very different shapes
+  bpe_blank_shifted  unset (default): the BPE CTC head's layout follows its width (vocab + 1: blank 0,
+                 class k = token k-1; vocab: classes are token ids, blank = blank_token_id); true/false
+                 forces one reading for a checkpoint of another width
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ DEFAULT_REVISION = "a1e3416e25ce29ab3852778e54fa8b3bd59c4bf2"
 SAMPLE_RATE = 16_000
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
-_OPTIONS = ("attn_backend", "max_batch", "max_clip_s", "empty_cache")
+_OPTIONS = ("attn_backend", "max_batch", "max_clip_s", "empty_cache", "bpe_blank_shifted")
 
 
 class GraniteNarBackend:
@@ -59,7 +62,9 @@ class GraniteNarBackend:
         self.attn_backend = attention.resolve_backend(str(opts.get("attn_backend", "auto")), self.device, self.dtype)
         model_dir = resolve_model_dir(cfg.id or DEFAULT_MODEL, None if cfg.id and Path(cfg.id).is_dir()
                                       else self.revision)
-        self.model = load_model(model_dir, self.device, self.dtype)
+        shifted = opts.get("bpe_blank_shifted")
+        self.model = load_model(model_dir, self.device, self.dtype,
+                                bpe_blank_shifted=None if shifted is None else bool(shifted))
         self.tokenizer = load_tokenizer(model_dir)
         self._last_shape: tuple[int, int] | None = None
 

@@ -42,6 +42,44 @@ DEFAULT_TEXT_CONFIG: dict[str, Any] = {
 }
 
 
+class BpeLayoutError(ValueError):
+    """The BPE CTC head's width matches neither published layout (see NarConfig.bpe_blank)."""
+
+
+# field names of the native transformers port (PR #46031's converter writes them) -> the hub's names
+NATIVE_FIELD_NAMES = {
+    "encoder_config": {"vocabulary_size": "bpe_output_dim", "pooling_window": "bpe_pooling_window"},
+    "projector_config": {"num_attention_heads": "num_heads", "num_hidden_layers": "num_layers",
+                         "window_size": "block_size", "layer_norm_eps": "layernorm_eps",
+                         "attention_bias": "attn_bias"},
+}
+
+
+def _hub_field_names(data: dict[str, Any]) -> dict[str, Any]:
+    """A config.json in either namespace -> the hub's field names. The native port renames a few
+    fields, folds mlp_ratio into intermediate_size and drops fields it derives (llm_dim, encoder_dim,
+    num_encoder_layers); they are derived the same way here."""
+    data = dict(data)
+    for sub, names in NATIVE_FIELD_NAMES.items():
+        part = dict(data.get(sub) or {})
+        for native, hub in names.items():
+            if native in part and hub not in part:
+                part[hub] = part.pop(native)
+        data[sub] = part
+    enc, proj, text = data["encoder_config"], data["projector_config"], data.get("text_config") or {}
+    if text.get("model_type") == "granite_speech_nar_text":   # the port's bidirectional Granite
+        data["text_config"] = {**text, "model_type": "granite"}
+    if "intermediate_size" in proj and "mlp_ratio" not in proj and proj.get("hidden_size"):
+        proj["mlp_ratio"] = proj.pop("intermediate_size") / proj["hidden_size"]
+    if "encoder_dim" not in proj and "hidden_dim" in enc:
+        proj["encoder_dim"] = enc["hidden_dim"]
+    if "llm_dim" not in proj and "hidden_size" in text:
+        proj["llm_dim"] = text["hidden_size"]
+    if "num_encoder_layers" not in proj:
+        proj["num_encoder_layers"] = len(data.get("encoder_layer_indices") or [4, 8, 12, -1])
+    return data
+
+
 def _take(cls, data: dict[str, Any]) -> dict[str, Any]:
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in data.items() if k in names}
@@ -65,7 +103,7 @@ class EncoderConfig:
     conv_kernel_size: int = 15
     conv_expansion_factor: int = 2
     self_conditioning_layer: int | None = None   # default num_layers // 2
-    bpe_output_dim: int = 100353
+    bpe_output_dim: int = 100352        # the head's width; the loader takes it from the weights
     bpe_pooling_window: int = 4
     blank_token_id: int | None = None   # the character head's blank (self-conditioning uses class 0)
 
@@ -116,7 +154,7 @@ class NarConfig:
     scale_projected_embeddings: bool = True
     blank_token_id: int | None = None       # editor slot / blank token; default text eos
     min_edit_sequence_length: int = 8
-    bpe_blank_shifted: bool = False         # see bpe_blank; not in the published config.json
+    bpe_blank_shifted: bool | None = None   # None: from the head's width (bpe_blank); not published
     model_type: str = "granite_speech_nar"
 
     def __post_init__(self) -> None:
@@ -148,18 +186,38 @@ class NarConfig:
 
     @property
     def bpe_blank(self) -> tuple[int, int]:
-        """(blank class of the BPE CTC head, offset subtracted from the other classes to get token ids).
+        """(blank class of the BPE CTC head, offset subtracted from the other classes to get token ids),
+        decided by the head's width W against the text vocabulary V. IBM's hub repo has held two layouts:
 
-        Classes are text token ids and the blank is the editor's blank token (top-level
-        blank_token_id, the text eos 100257), as in the transformers port (PR #46031, co-authored by
-        IBM) and ccyrene's re-implementation, which both decode the published checkpoint this way;
-        the head's extra 100353rd class is never a token. (granite-nar.md describes blank 0 with ids
-        shifted by one; both public ports contradict it. encoder_config.blank_token_id is the
-        character head's blank, used by self-conditioning, not this one.) Until this is checked on
-        the real weights, `bpe_blank_shifted: true` in config.json selects the other reading."""
-        if self.bpe_blank_shifted:
-            return 0, 1
-        return int(self.blank_token_id), 0
+        - W = V + 1 (older snapshots, the first revision of transformers PR #46031): class 0 is the
+          blank and class k is token k - 1 -> (0, 1);
+        - W = V (current snapshots, the pinned a1e3416e...): classes are token ids and the blank is the
+          class `blank_token_id` (100257, the text eos) -> (blank_token_id, 0).
+
+        Any other width is a BpeLayoutError naming both numbers. `bpe_blank_shifted` (true/false in
+        config.json or asr.model.options) forces one reading for a checkpoint of another width."""
+        width, vocab, blank = self.encoder_config.bpe_output_dim, self.vocab_size, int(self.blank_token_id)
+        shifted = self.bpe_blank_shifted
+        if shifted is None:
+            if width == vocab + 1:
+                shifted = True
+            elif width == vocab:
+                shifted = False
+            else:
+                raise BpeLayoutError(
+                    f"the BPE CTC head (encoder.out_bpe) is {width} classes wide but the text vocabulary "
+                    f"is {vocab}: a published layout is {vocab + 1} (blank 0, class k = token k-1) or "
+                    f"{vocab} (classes are token ids, blank {blank}); for another layout set "
+                    "asr.model.options.bpe_blank_shifted to true or false")
+        if not shifted and not 0 <= blank < width:
+            raise BpeLayoutError(f"blank_token_id {blank} is not a class of the {width}-wide BPE CTC head")
+        return (0, 1) if shifted else (blank, 0)
+
+    @property
+    def bpe_token_classes(self) -> int:
+        """How many of the head's classes the decoder reads (classes past them are never a token)."""
+        blank, offset = self.bpe_blank
+        return min(self.encoder_config.bpe_output_dim, self.vocab_size + offset)
 
     def resolved_layer_indices(self) -> list[int]:
         n = self.encoder_config.num_layers + 1   # index 0 = input_linear output
@@ -175,6 +233,7 @@ class NarConfig:
         missing = [k for k in ("encoder_config", "projector_config", "text_config") if k not in data]
         if missing:
             raise ValueError(f"config.json lacks {missing}")
+        data = _hub_field_names(data)
         text = dict(data["text_config"])
         rope = text.get("rope_parameters") or {}
         if "rope_theta" not in text and "rope_theta" in rope:
@@ -198,7 +257,7 @@ class NarConfig:
             "scale_projected_embeddings": self.scale_projected_embeddings,
             "blank_token_id": self.blank_token_id,
             "min_edit_sequence_length": self.min_edit_sequence_length,
-            **({"bpe_blank_shifted": True} if self.bpe_blank_shifted else {}),
+            **({"bpe_blank_shifted": self.bpe_blank_shifted} if self.bpe_blank_shifted is not None else {}),
         }
 
     def granite_config(self):

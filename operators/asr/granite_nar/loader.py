@@ -10,12 +10,17 @@ huggingface_hub.snapshot_download at a pinned revision only when `model_id` is n
 from __future__ import annotations
 
 import json
+import logging
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from operators.asr.granite_nar.config import NarConfig
+from operators.asr.granite_nar.config import BpeLayoutError, NarConfig
 from operators.asr.granite_nar.modeling import GraniteSpeechNar
+
+log = logging.getLogger(__name__)
 
 TIED_KEYS = {"language_model.lm_head.weight"}
 DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*", "merges*", "vocab*"]
@@ -56,8 +61,55 @@ def _fmt(keys: list[str], limit: int = 20) -> str:
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def check_keys(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]) -> None:
-    missing = sorted(set(expected) - set(found))
+# The native transformers layout (PR #46031's convert_granite_speech_nar_to_hf.py) -> the hub's
+# namespace, applied in order to each key. That converter also drops the projector's LayerNorm
+# affines (identity in the published weights); they are restored as identity here.
+NATIVE_KEY_RENAMES = [
+    (r"^model\.language_model\.", "language_model.model."),
+    (r"^lm_head\.", "language_model.lm_head."),
+    (r"^model\.out_bpe\.", "encoder.out_bpe."),
+    (r"^model\.encoder\.", "encoder."),
+    (r"^model\.projector\.proj\.", "projector.layer_projector."),
+    (r"^model\.projector\.qformer\.linear\.", "projector.out_linear."),
+    (r"^model\.projector\.qformer\.queries$", "projector.query"),
+    (r"^model\.projector\.qformer\.pos_emb$", "projector.window_positions"),
+    (r"^model\.projector\.", "projector."),
+    (r"^(projector\.qformer\.layers\.\d+)\.cross_attn\.", r"\1.cross_attention."),
+]
+AFFINE_FREE_NORM = re.compile(r"^projector\.(layer_norms\.\d+|out_norm|qformer\.layers\.\d+\.(attn_norm|mlp_norm))"
+                              r"\.(weight|bias)$")
+BPE_HEAD = "encoder.out_bpe.weight"
+
+
+def hub_key(key: str) -> str:
+    for pattern, repl in NATIVE_KEY_RENAMES:
+        key = re.sub(pattern, repl, key)
+    return key
+
+
+def is_native_layout(keys) -> bool:
+    return any(k.startswith(("model.encoder.", "model.language_model.")) for k in keys)
+
+
+def header_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape from the safetensors headers (no tensor is read)."""
+    from safetensors import safe_open
+
+    found: dict[str, tuple[int, ...]] = {}
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                for k in st.keys():
+                    found[k] = tuple(st.get_slice(k).get_shape())
+        except Exception as e:  # noqa: BLE001 - a truncated or foreign file
+            raise CheckpointError(f"{f}: not a readable safetensors file ({type(e).__name__}: {e}); "
+                                  "download it again") from None
+    return found
+
+
+def check_keys(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]],
+               optional: set[str] = frozenset()) -> None:
+    missing = sorted(set(expected) - set(found) - set(optional))
     unexpected = sorted(set(found) - set(expected) - TIED_KEYS)
     wrong = sorted(k for k in set(expected) & set(found) if tuple(expected[k]) != tuple(found[k]))
     problems = []
@@ -76,41 +128,87 @@ def load_config(model_dir: Path) -> NarConfig:
     cfg = model_dir / "config.json"
     if not cfg.is_file():
         raise CheckpointError(f"{model_dir}: no config.json")
-    return NarConfig.from_json_file(cfg)
+    try:
+        return NarConfig.from_json_file(cfg)
+    except (ValueError, TypeError, KeyError) as e:  # json.JSONDecodeError is a ValueError
+        raise CheckpointError(f"{cfg}: {e}") from None
 
 
-def load_model(model_dir: str | Path, device: str | torch.device = "cpu",
-               dtype: torch.dtype = torch.float32) -> GraniteSpeechNar:
-    """Build the model on the meta device, check every key and shape, then load the tensors onto
-    `device` in `dtype` (shard by shard). Eval mode, no gradients."""
-    from safetensors import safe_open
+@dataclass
+class Checkpoint:
+    """What a checkpoint directory holds, read from config.json and the safetensors headers only."""
 
+    dir: Path
+    config: NarConfig
+    files: list[Path]
+    native: bool                            # the transformers port's namespace (keys renamed on load)
+    shapes: dict[str, tuple[int, ...]]      # hub-namespace key -> shape
+
+    @property
+    def bpe_layout(self) -> str:
+        blank, offset = self.config.bpe_blank
+        return f"{self.config.encoder_config.bpe_output_dim} classes, blank {blank}" + (
+            ", class k = token k-1" if offset else ", classes are token ids")
+
+
+def inspect_checkpoint(model_dir: str | Path, bpe_blank_shifted: bool | None = None) -> Checkpoint:
+    """Check config.json and every key and shape in the safetensors headers against the model, without
+    reading a tensor. The BPE head's width comes from the weights (config.json may say otherwise) and
+    decides how its classes are read (NarConfig.bpe_blank). Raises CheckpointError."""
     model_dir = Path(model_dir)
     config = load_config(model_dir)
+    if bpe_blank_shifted is not None:
+        config.bpe_blank_shifted = bool(bpe_blank_shifted)
+    files = weight_files(model_dir)
+    raw = header_shapes(files)
+    native = is_native_layout(raw)
+    shapes = {hub_key(k): v for k, v in raw.items()} if native else raw
+    head = shapes.get(BPE_HEAD)
+    if head is not None and head[0] != config.encoder_config.bpe_output_dim:
+        log.info("%s: config.json says bpe_output_dim %d, the weights hold %d; using the weights",
+                 model_dir, config.encoder_config.bpe_output_dim, head[0])
+        config.encoder_config.bpe_output_dim = int(head[0])
+    try:
+        config.bpe_blank
+    except BpeLayoutError as e:
+        raise CheckpointError(f"{model_dir}: {e}") from None
     with torch.device("meta"):
         model = GraniteSpeechNar(config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    files = weight_files(model_dir)
-    found: dict[str, tuple[int, ...]] = {}
-    for f in files:
-        with safe_open(str(f), framework="pt") as st:
-            for k in st.keys():
-                found[k] = tuple(st.get_slice(k).get_shape())
-    check_keys(expected, found)
+    check_keys(expected, shapes, optional={k for k in expected if AFFINE_FREE_NORM.match(k)} if native else set())
+    return Checkpoint(model_dir, config, files, native, shapes)
 
+
+def load_model(model_dir: str | Path, device: str | torch.device = "cpu",
+               dtype: torch.dtype = torch.float32, bpe_blank_shifted: bool | None = None) -> GraniteSpeechNar:
+    """Check the checkpoint (inspect_checkpoint), build the model on the meta device, then load the
+    tensors onto `device` in `dtype` (shard by shard). Eval mode, no gradients."""
+    from safetensors import safe_open
+
+    ckpt = inspect_checkpoint(model_dir, bpe_blank_shifted)
+    with torch.device("meta"):
+        model = GraniteSpeechNar(ckpt.config)
     device = torch.device(device)
-    for f in files:
+    for f in ckpt.files:
         tensors = {}
         with safe_open(str(f), framework="pt", device="cpu") as st:
             for k in st.keys():
-                if k in TIED_KEYS:
+                name = hub_key(k) if ckpt.native else k
+                if name in TIED_KEYS:
                     continue
                 t = st.get_tensor(k)
                 if t.is_floating_point():
                     t = t.to(dtype)
-                tensors[k] = t.to(device)
+                tensors[name] = t.to(device)
         model.load_state_dict(tensors, strict=False, assign=True)
         del tensors
+    if ckpt.native:  # affine-free norms in the native port: identity
+        params = dict(model.named_parameters())
+        for name in [n for n in params if AFFINE_FREE_NORM.match(n) and params[n].is_meta]:
+            module, attr = name.rsplit(".", 1)
+            fill = torch.ones if attr == "weight" else torch.zeros
+            setattr(model.get_submodule(module), attr,
+                    torch.nn.Parameter(fill(params[name].shape, dtype=dtype, device=device), requires_grad=False))
     model.reset_buffers(device)
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if left:

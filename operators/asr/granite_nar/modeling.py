@@ -103,6 +103,7 @@ class ConformerEncoder(nn.Module):
         self.layers = nn.ModuleList([GraniteSpeechConformerBlock(block_cfg) for _ in range(e.num_layers)])
         self.out = nn.Linear(e.hidden_dim, e.output_dim)
         self.out_mid = nn.Linear(e.output_dim, e.hidden_dim)
+        config.bpe_blank  # a head width that matches no published layout fails here, before any weights
         self.out_bpe = nn.Linear(e.hidden_dim, e.bpe_output_dim)
         self.register_buffer("attention_dists", self._dists(), persistent=False)
 
@@ -201,10 +202,10 @@ class ConformerEncoder(nn.Module):
         flat = torch.cat([pooled[i, :n] for i, n in enumerate(bpe_lengths)])
         blank, offset = cfg.bpe_blank
         weight, bias = self.out_bpe.weight, self.out_bpe.bias
-        if offset == 0 and weight.shape[0] > cfg.vocab_size:
-            # classes are token ids: the head's extra class(es) past the text vocabulary are no token
-            weight = weight[:cfg.vocab_size]
-            bias = bias[:cfg.vocab_size] if bias is not None else None
+        classes = cfg.bpe_token_classes
+        if weight.shape[0] > classes:  # an odd checkpoint's classes past the vocabulary are no token
+            weight = weight[:classes]
+            bias = bias[:classes] if bias is not None else None
         ids = _argmax_rows(flat, weight, bias).tolist()
         hyps, start = [], 0
         for n in bpe_lengths:

@@ -76,6 +76,8 @@ def random_model(config: NarConfig | None = None, seed: int = 0):
                 mod.bias.normal_(0, 0.1)
         model.language_model.model.embed_tokens.weight.normal_(0, 0.05)
         model.encoder.out_bpe.weight.normal_(0, 1.0)   # hypotheses that follow the audio
+        if model.config.bpe_blank[1]:  # shifted layout: the class of the text eos (the other layout's
+            model.encoder.out_bpe.bias[model.config.vocab_size].fill_(-1e4)  # blank) is never emitted
         model.encoder.out.weight.normal_(0, 0.5)
         for layer in model.language_model.model.layers:  # an editor that edits, not only copies
             layer.mlp.down_proj.weight.normal_(0, 2.0)
@@ -113,3 +115,35 @@ def build_tiny_checkpoint(model_dir: str | Path, seed: int = 0, config: NarConfi
     save_checkpoint(model, model_dir, max_shard_bytes=max_shard_bytes)
     tiny_tokenizer().save_pretrained(str(model_dir))
     return model_dir
+
+
+def move_bpe_blank(src: str | Path, dst: str | Path) -> Path:
+    """Copy a checkpoint whose BPE head is vocab + 1 wide (blank 0, class k = token k-1) into the
+    other published layout (vocab wide, classes are token ids, blank = blank_token_id) by moving the
+    blank row: the same model, as the two hub snapshots hold it. The old head's class for the token
+    blank_token_id must never win (random_model makes it so), since the new layout has no such token."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    src, dst = Path(src), Path(dst)
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    vocab, blank = cfg["text_config"]["vocab_size"], cfg["blank_token_id"]
+    for f in sorted(dst.glob("*.safetensors")):
+        tensors = load_file(str(f))
+        if "encoder.out_bpe.weight" not in tensors:
+            continue
+        for name in ("encoder.out_bpe.weight", "encoder.out_bpe.bias"):
+            old = tensors[name]
+            if old.shape[0] != vocab + 1:
+                raise ValueError(f"{src}: {name} is {old.shape[0]} wide, not vocab + 1 = {vocab + 1}")
+            new = old[1:].clone()
+            new[blank] = old[0]
+            tensors[name] = new.contiguous()
+        save_file(tensors, str(f), metadata={"format": "pt"})
+    cfg["encoder_config"]["bpe_output_dim"] = vocab
+    (dst / "config.json").write_text(json.dumps(cfg, indent=2))
+    return dst
+
