@@ -95,6 +95,8 @@ class ASRConfig(_Section):
     max_actors: int | None = Field(None, ge=1, description="Autoscale the pool up to this many.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (1 on GPU clusters).")
     num_cpus: float = Field(1.0, gt=0, description="CPUs per actor.")
+    check_model: bool = Field(True, description="Check the checkpoint on the driver before Ray starts "
+                              "(config, weight headers, tokenizer); false where only the workers can see it.")
     max_tasks_in_flight_per_actor: int = Field(2, ge=1, description="Queued batches per actor, "
                                                "so the GPU never waits for the next one.")
     # what to do with the speech; a manifest's task / target_language / keywords columns override

@@ -28,7 +28,10 @@ def init_ray(address: str | None = None) -> bool:
     if ray_constants.ENABLE_RAY_CLUSTER:
         log.warning("ray was imported before init_ray(); the local cluster may bind the machine's "
                     "interface address instead of 127.0.0.1")
-    ray.init(include_dashboard=False, _node_ip_address="127.0.0.1")
+    # workers' output stays in the session's log folder: a failing actor is reported by the job as one
+    # line instead of every retry's traceback echoed here (RAY_LOG_TO_DRIVER=1 echoes them)
+    ray.init(include_dashboard=False, _node_ip_address="127.0.0.1",
+             log_to_driver=os.environ.get("RAY_LOG_TO_DRIVER", "0") == "1")
     return True
 
 

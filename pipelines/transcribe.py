@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import re
 import sys
 import time
 from typing import Any
@@ -20,8 +21,9 @@ import pyarrow as pa
 import yaml
 
 from operators import runs, selection, sources, storage, write
-from operators.asr import resolve_identity
-from operators.asr.stage import ASRStage
+from operators.asr import check_model, resolve_identity
+from operators.asr.checks import ModelCheckError
+from operators.asr.stage import ASRStage, BackendLoadError
 from operators.decode import decode_batch
 from operators.config import ConfigError, JobConfig, load_config
 from operators.report import STATS_SCHEMA, Summary, format_summary
@@ -62,6 +64,34 @@ def _drop_done(batch: pa.Table, done: Any) -> pa.Table:
 
 def _keep_only(batch: pa.Table, ids: Any) -> pa.Table:
     return selection.keep_only(batch, _resolve(ids))
+
+
+class JobFailed(RuntimeError):
+    """The job cannot go on (its workers cannot run the model): one line for the user."""
+
+
+def actor_failure(error: BaseException) -> str | None:
+    """The one-line BackendLoadError inside whatever Ray raised on the driver, if that is the cause."""
+    seen, todo = set(), [error]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, BackendLoadError):
+            return str(e).splitlines()[0]
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+    found = re.search(r"BackendLoadError: (.+)", str(error))
+    return found.group(1).strip() if found else None
+
+
+class _HideActorFailureTrace(logging.Filter):
+    """Ray Data logs the driver-side stack of a failed execution; when the cause is a backend that could
+    not load, the job reports it in one line instead (JobFailed)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+        return not (error is not None and actor_failure(error))
 
 
 def plan(cfg: JobConfig) -> dict:
@@ -178,6 +208,8 @@ def prepare(cfg: JobConfig, schedule_slot: str | None = None):
     """Driver-side decisions, no Ray: identity, output location, run id, listing."""
     if not cfg.input.uri or not cfg.output.uri:
         raise ConfigError("input.uri and output.uri are required: pass --input URI --output URI")
+    if cfg.asr.check_model:  # a missing or broken checkpoint is one line here, not an actor's traceback
+        log.info("model check: %s", check_model(cfg.asr.backend, cfg.asr.model))
     info = {"job": cfg.name, **plan(cfg)}
     if schedule_slot:
         info["schedule_slot"] = runs.resolve_slot(schedule_slot)
@@ -200,8 +232,19 @@ def run(cfg: JobConfig, schedule_slot: str | None = None) -> dict:
         ds = build(cfg, info, source, units)
         summary = Summary()
         if ds is not None:
-            for stats in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-                summary.add(stats.cast(STATS_SCHEMA))
+            quiet = _HideActorFailureTrace()
+            ray_data_log = logging.getLogger("ray.data.exceptions")
+            ray_data_log.addFilter(quiet)
+            try:
+                for stats in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                    summary.add(stats.cast(STATS_SCHEMA))
+            except Exception as e:
+                reason = actor_failure(e)
+                if reason:
+                    raise JobFailed(reason) from None
+                raise
+            finally:
+                ray_data_log.removeFilter(quiet)
         result = summary.as_dict(time.time() - t0, **info)  # wall time excludes shutting Ray down
     write.write_json(result, storage.join(info["output"], write.SUMMARY_NAME), cfg.output.storage_options)
     if schedule_slot:
@@ -246,9 +289,13 @@ def main(argv: list[str] | None = None) -> int:
             print(yaml.safe_dump(describe(cfg, info, source, units), sort_keys=False))
             return 0
         result = run(cfg, args.schedule_slot)
-    except (ConfigError, sources.InputError, FileNotFoundError) as e:
+    except (ConfigError, sources.InputError, FileNotFoundError, ModelCheckError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except JobFailed as e:
+        print(f"error: {e} (the workers' logs: the Ray session's logs folder, /tmp/ray/session_latest/logs "
+              "on a local run)", file=sys.stderr)
+        return 1
     except runs.AlreadyRan as e:
         print(f"skipped: {e}", file=sys.stderr)
         return 0

@@ -37,6 +37,19 @@ def load_backend(name: str, model: "ModelConfig") -> "ASRBackend":
     return backend_class(name)(model)
 
 
+def check_model(name: str, model: "ModelConfig") -> str:
+    """Check the backend's checkpoint on the driver before any Ray work (operators.asr.checks): one
+    ModelCheckError line on failure; what was found otherwise. A backend without `check` passes."""
+    from operators.asr.checks import ModelCheckError
+
+    try:
+        cls = backend_class(name)
+    except ImportError as e:
+        raise ModelCheckError(str(e)) from None
+    check = getattr(cls, "check", None)
+    return check(model) if check else f"{name}: no checkpoint check"
+
+
 def resolve_identity(name: str, model: "ModelConfig") -> tuple[str, str]:
     """(model id, revision) the backend will write, without loading weights (for resume)."""
     return backend_class(name).identity(model)

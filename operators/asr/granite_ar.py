@@ -119,6 +119,24 @@ def _device_dtype(cfg: ModelConfig, torch) -> tuple[str, Any]:
     return device, dtype
 
 
+def _loaded_names(model, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """Checkpoint key -> shape, keys renamed as transformers renames them when it loads this model
+    (older checkpoints keep `language_model.*`, `encoder.*`, `projector.*` at the top)."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming, rename_source_key
+
+        transforms = get_model_conversion_mapping(model)
+        renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+        converters = [t for t in transforms if not isinstance(t, WeightRenaming)]
+        meta = model.state_dict()
+        return {rename_source_key(k, renamings, converters, model.base_model_prefix, meta)[0]: tuple(v)
+                for k, v in shapes.items()}
+    except (ImportError, AttributeError, TypeError) as e:  # transformers moved its loading internals
+        log.warning("granite-ar check: cannot rename keys the way transformers does (%s); keys checked as stored", e)
+        return dict(shapes)
+
+
 def _repeating_tail(tokens: Sequence[int], max_period: int, min_repeats: int, min_span: int) -> int | None:
     """The period p of a loop at the end of `tokens` (the last max(min_repeats * p, min_span) tokens
     repeat with period p), smallest first; None if there is none."""
@@ -193,6 +211,50 @@ class GraniteARBackend:
     @staticmethod
     def identity(cfg: ModelConfig) -> tuple[str, str]:
         return model_identity(cfg.id, cfg.revision, DEFAULT_MODEL)
+
+    @staticmethod
+    def check(cfg: ModelConfig) -> str:
+        """On the driver, before Ray: options, config.json, the safetensors headers against the model
+        built on the meta device (keys renamed the way transformers loads them), the tokenizer and its
+        audio token. No tensor is read. Raises ModelCheckError."""
+        from operators.asr import checks
+
+        torch, transformers = _imports()
+        unknown = sorted(set(cfg.options) - set(OPTIONS))
+        if unknown:
+            raise checks.ModelCheckError(f"asr.model.options: unknown granite-ar options {unknown}; known: "
+                                         f"{', '.join(OPTIONS)}")
+        try:
+            _device_dtype(cfg, torch)
+        except ValueError as e:
+            raise checks.ModelCheckError(str(e)) from None
+        model_id = cfg.id or DEFAULT_MODEL
+        model_dir, from_hub = checks.locate(model_id, cfg.revision, "granite-ar")
+        checks.read_json(model_dir / "config.json")
+        try:
+            config = transformers.GraniteSpeechConfig.from_pretrained(str(model_dir))
+        except Exception as e:  # noqa: BLE001
+            raise checks.ModelCheckError(f"{model_dir}/config.json is not a Granite Speech config "
+                                         f"({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
+        shapes = checks.shapes_for(model_dir, from_hub, model_id, cfg.revision)
+        with torch.device("meta"):
+            model = transformers.GraniteSpeechForConditionalGeneration(config)
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        found = _loaded_names(model, shapes)
+        tied = set(getattr(model, "_tied_weights_keys", None) or {}) if config.text_config.tie_word_embeddings else set()
+        missing = sorted(set(expected) - set(found) - tied)
+        wrong = sorted(f"{k} {found[k]} != {expected[k]}" for k in set(expected) & set(found)
+                       if found[k] != expected[k])
+        if missing or wrong:
+            raise checks.ModelCheckError(f"{model_dir}: checkpoint does not match GraniteSpeechForConditional"
+                                         f"Generation: {checks.describe_key_problems(missing, [], wrong)}; is "
+                                         "asr.model.id a granite-speech (AR) checkpoint?")
+        tokenizer = checks.load_tokenizer_or_fail(model_dir)
+        audio = getattr(tokenizer, "audio_token", None) or AUDIO_TOKEN
+        if tokenizer.convert_tokens_to_ids(audio) != config.audio_token_id:
+            raise checks.ModelCheckError(f"{model_dir}: the tokenizer's {audio} is not the model's audio token "
+                                         f"id {config.audio_token_id}; use the tokenizer of this checkpoint")
+        return f"{model_dir}: {len(found)} tensors match GraniteSpeechForConditionalGeneration"
 
     # ---------------------------------------------------------------- prompts
 

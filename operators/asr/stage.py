@@ -14,6 +14,8 @@ keep the two-argument call.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from datetime import datetime, timezone
 
@@ -34,10 +36,20 @@ log = logging.getLogger(__name__)
 NO_SPACE_LANGUAGES = {"ja", "zh", "th", "lo", "my", "km"}
 
 
+class BackendLoadError(RuntimeError):
+    """The backend could not load on this worker (CUDA missing or out of memory, a driver mismatch...):
+    one line, so the driver can end the job with it (pipelines.transcribe.actor_failure)."""
+
+
 class ASRStage:
     def __init__(self, cfg: JobConfig):
         self.cfg = cfg
-        self.backend = load_backend(cfg.asr.backend, cfg.asr.model)
+        try:
+            self.backend = load_backend(cfg.asr.backend, cfg.asr.model)
+        except Exception as e:  # noqa: BLE001 - one line instead of a chained traceback per retry
+            message = " ".join(str(e).split())[:400]
+            raise BackendLoadError(f"the {cfg.asr.backend} backend could not load on {socket.gethostname()} "
+                                   f"(pid {os.getpid()}): {type(e).__name__}: {message}") from None
         self.batch_size = cfg.asr.batch_size
         self.default_language = cfg.asr.model.language
         self.caps = capabilities(type(self.backend))

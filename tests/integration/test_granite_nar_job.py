@@ -51,3 +51,23 @@ def test_granite_nar_job(s3, ray_cluster, prefix, tmp_path):
     assert sorted(again) == sorted(ids)
     for r in out:
         assert (again[r["audio_id"]]["text"], again[r["audio_id"]]["ctc_text"]) == (r["text"], r["ctc_text"])
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_backend_that_fails_inside_the_actor_ends_the_job_in_one_line(s3, ray_cluster, prefix, tmp_path):
+    """A failure only the actor can see (here: CUDA asked for on a machine without it, as a driver
+    mismatch would) passes the driver's checkpoint check and ends the job with one line."""
+    from pipelines.transcribe import JobFailed
+
+    ckpt = build_tiny_checkpoint(tmp_path / "granite-nar-tiny", seed=0)
+    e = corpus(1)[0]
+    put(s3, f"{prefix}/in/{e['uri']}", clip_bytes(e))
+    put(s3, f"{prefix}/in/manifest.jsonl", jsonl([{"audio_id": e["audio_id"], "uri": e["uri"]}]))
+    cfg = job_config(f"{prefix}/in/manifest.jsonl", f"{prefix}/out", "asr.backend=granite-nar",
+                     f"asr.model.id={ckpt}", "asr.num_cpus=0.5", "asr.model.device=cuda")
+    with pytest.raises(JobFailed) as info:
+        run(cfg)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("the granite-nar backend could not load on ") and "CUDA" in message
+    assert read_output(s3, f"{prefix}/out") == []          # nothing claimed done

@@ -20,10 +20,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from operators.asr import checks
 from operators.asr.base import Transcript, model_identity
 from operators.asr.features import batch_features
 from operators.asr.granite_nar import attention
-from operators.asr.granite_nar.loader import load_model, load_tokenizer, resolve_model_dir
+from operators.asr.granite_nar.loader import inspect_checkpoint, load_model, load_tokenizer, resolve_model_dir
 from operators.asr.granite_nar.modeling import agreement
 from operators.config import ModelConfig
 
@@ -35,16 +36,24 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
 _OPTIONS = ("attn_backend", "max_batch", "max_clip_s", "empty_cache", "bpe_blank_shifted")
 
 
+def _options(cfg: ModelConfig) -> dict:
+    opts = dict(cfg.options)
+    unknown = sorted(set(opts) - set(_OPTIONS))
+    if unknown:
+        raise checks.ModelCheckError(f"asr.model.options: unknown granite-nar options {unknown}; known: "
+                                     f"{list(_OPTIONS)}")
+    if cfg.dtype != "auto" and cfg.dtype not in _DTYPES:
+        raise checks.ModelCheckError(f"asr.model.dtype {cfg.dtype!r}: use auto, {', '.join(_DTYPES)}")
+    return opts
+
+
 class GraniteNarBackend:
     name = "granite-nar"
     languages = frozenset({"en", "fr", "de", "es", "pt"})   # the model card's; plain transcription only
 
     def __init__(self, cfg: ModelConfig):
         self.model_id, self.revision = self.identity(cfg)
-        opts = dict(cfg.options)
-        unknown = sorted(set(opts) - set(_OPTIONS))
-        if unknown:
-            raise ValueError(f"asr.model.options: unknown granite-nar options {unknown}; known: {list(_OPTIONS)}")
+        opts = _options(cfg)
         self.max_clip_s = float(opts.get("max_clip_s", 240.0))
         self.max_batch = int(opts.get("max_batch", 128))
         self.empty_cache = bool(opts.get("empty_cache", False))
@@ -55,10 +64,8 @@ class GraniteNarBackend:
         self.device = torch.device(device)
         if cfg.dtype == "auto":
             self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        elif cfg.dtype in _DTYPES:
-            self.dtype = _DTYPES[cfg.dtype]
         else:
-            raise ValueError(f"asr.model.dtype {cfg.dtype!r}: use auto, {', '.join(_DTYPES)}")
+            self.dtype = _DTYPES[cfg.dtype]
         self.attn_backend = attention.resolve_backend(str(opts.get("attn_backend", "auto")), self.device, self.dtype)
         model_dir = resolve_model_dir(cfg.id or DEFAULT_MODEL, None if cfg.id and Path(cfg.id).is_dir()
                                       else self.revision)
@@ -71,6 +78,22 @@ class GraniteNarBackend:
     @staticmethod
     def identity(cfg: ModelConfig) -> tuple[str, str]:
         return model_identity(cfg.id, cfg.revision, DEFAULT_MODEL, DEFAULT_REVISION)
+
+    @staticmethod
+    def check(cfg: ModelConfig) -> str:
+        """On the driver, before Ray: options, then the checkpoint (config.json, every key and shape in
+        the safetensors headers, the BPE head's layout, the tokenizer) without loading a tensor.
+        Returns what was found, for the log; raises ModelCheckError."""
+        opts = _options(cfg)
+        model_id = cfg.id or DEFAULT_MODEL
+        revision = None if cfg.id and Path(cfg.id).is_dir() else (cfg.revision or DEFAULT_REVISION)
+        model_dir, from_hub = checks.locate(model_id, revision, "granite-nar")
+        shifted = opts.get("bpe_blank_shifted")
+        ckpt = inspect_checkpoint(model_dir, None if shifted is None else bool(shifted),
+                                  shapes=checks.shapes_for(model_dir, from_hub, model_id, revision))
+        checks.load_tokenizer_or_fail(model_dir)
+        return (f"{model_dir}: {'native transformers' if ckpt.native else 'hub'} layout, "
+                f"BPE head {ckpt.bpe_layout}")
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from operators.asr.checks import ModelCheckError, header_shapes, read_json, weight_files
 from operators.asr.granite_nar.config import BpeLayoutError, NarConfig
 from operators.asr.granite_nar.modeling import GraniteSpeechNar
 
@@ -26,7 +27,7 @@ TIED_KEYS = {"language_model.lm_head.weight"}
 DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*", "merges*", "vocab*"]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ModelCheckError):
     """The checkpoint does not match the model (keys or shapes), or files are missing."""
 
 
@@ -39,21 +40,6 @@ def resolve_model_dir(model_id: str, revision: str | None = None) -> Path:
     from huggingface_hub import snapshot_download
 
     return Path(snapshot_download(model_id, revision=revision, allow_patterns=DOWNLOAD_PATTERNS))
-
-
-def weight_files(model_dir: Path) -> list[Path]:
-    index = model_dir / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map") or {}
-        files = sorted({model_dir / f for f in weight_map.values()})
-        absent = [f.name for f in files if not f.is_file()]
-        if absent:
-            raise CheckpointError(f"{model_dir}: shards named in model.safetensors.index.json are missing: {absent}")
-        return files
-    single = model_dir / "model.safetensors"
-    if single.is_file():
-        return [single]
-    raise CheckpointError(f"{model_dir}: no model.safetensors.index.json or model.safetensors")
 
 
 def _fmt(keys: list[str], limit: int = 20) -> str:
@@ -91,22 +77,6 @@ def is_native_layout(keys) -> bool:
     return any(k.startswith(("model.encoder.", "model.language_model.")) for k in keys)
 
 
-def header_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
-    """Every tensor's shape from the safetensors headers (no tensor is read)."""
-    from safetensors import safe_open
-
-    found: dict[str, tuple[int, ...]] = {}
-    for f in files:
-        try:
-            with safe_open(str(f), framework="pt") as st:
-                for k in st.keys():
-                    found[k] = tuple(st.get_slice(k).get_shape())
-        except Exception as e:  # noqa: BLE001 - a truncated or foreign file
-            raise CheckpointError(f"{f}: not a readable safetensors file ({type(e).__name__}: {e}); "
-                                  "download it again") from None
-    return found
-
-
 def check_keys(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]],
                optional: set[str] = frozenset()) -> None:
     missing = sorted(set(expected) - set(found) - set(optional))
@@ -121,16 +91,17 @@ def check_keys(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int,
         problems.append(f"{len(wrong)} key(s) with the wrong shape: " + _fmt(
             [f"{k} {tuple(found[k])} != {tuple(expected[k])}" for k in wrong]))
     if problems:
-        raise CheckpointError("checkpoint does not match the Granite Speech NAR model: " + "; ".join(problems))
+        raise CheckpointError("checkpoint does not match the Granite Speech NAR model: " + "; ".join(problems)
+                              + "; is asr.model.id a granite-speech-4.1-2b-nar checkpoint?")
 
 
 def load_config(model_dir: Path) -> NarConfig:
     cfg = model_dir / "config.json"
-    if not cfg.is_file():
-        raise CheckpointError(f"{model_dir}: no config.json")
     try:
-        return NarConfig.from_json_file(cfg)
-    except (ValueError, TypeError, KeyError) as e:  # json.JSONDecodeError is a ValueError
+        return NarConfig.from_dict(read_json(cfg))
+    except ModelCheckError as e:
+        raise CheckpointError(str(e)) from None
+    except (ValueError, TypeError, KeyError) as e:
         raise CheckpointError(f"{cfg}: {e}") from None
 
 
@@ -151,16 +122,21 @@ class Checkpoint:
             ", class k = token k-1" if offset else ", classes are token ids")
 
 
-def inspect_checkpoint(model_dir: str | Path, bpe_blank_shifted: bool | None = None) -> Checkpoint:
+def inspect_checkpoint(model_dir: str | Path, bpe_blank_shifted: bool | None = None,
+                       shapes: dict[str, tuple[int, ...]] | None = None) -> Checkpoint:
     """Check config.json and every key and shape in the safetensors headers against the model, without
     reading a tensor. The BPE head's width comes from the weights (config.json may say otherwise) and
-    decides how its classes are read (NarConfig.bpe_blank). Raises CheckpointError."""
+    decides how its classes are read (NarConfig.bpe_blank). `shapes`: headers read elsewhere (the hub's)
+    instead of the directory's weight files. Raises CheckpointError (a ModelCheckError)."""
     model_dir = Path(model_dir)
     config = load_config(model_dir)
     if bpe_blank_shifted is not None:
         config.bpe_blank_shifted = bool(bpe_blank_shifted)
-    files = weight_files(model_dir)
-    raw = header_shapes(files)
+    try:
+        files = weight_files(model_dir) if shapes is None else []
+        raw = header_shapes(files) if shapes is None else shapes
+    except ModelCheckError as e:
+        raise CheckpointError(str(e)) from None
     native = is_native_layout(raw)
     shapes = {hub_key(k): v for k, v in raw.items()} if native else raw
     head = shapes.get(BPE_HEAD)
@@ -175,7 +151,10 @@ def inspect_checkpoint(model_dir: str | Path, bpe_blank_shifted: bool | None = N
     with torch.device("meta"):
         model = GraniteSpeechNar(config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    check_keys(expected, shapes, optional={k for k in expected if AFFINE_FREE_NORM.match(k)} if native else set())
+    try:
+        check_keys(expected, shapes, optional={k for k in expected if AFFINE_FREE_NORM.match(k)} if native else set())
+    except CheckpointError as e:
+        raise CheckpointError(f"{model_dir}: {e}") from None
     return Checkpoint(model_dir, config, files, native, shapes)
 
 
