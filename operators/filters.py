@@ -12,7 +12,7 @@ from collections import Counter
 from pydantic import BaseModel, ConfigDict, Field
 
 # checked in this order; the first failing rule is the row's reason
-REASONS = ("error", "empty", "duration", "chars_per_second", "agreement", "language", "repetition")
+REASONS = ("error", "empty", "duration", "chars_per_second", "agreement", "language", "loop", "repetition")
 
 
 class FilterRules(BaseModel):
@@ -31,6 +31,8 @@ class FilterRules(BaseModel):
                                                 "zlib compression ratio exceeds this (Whisper's looping rule).")
     max_ngram_repeats: int | None = Field(4, ge=1, description="Drop rows with a segment where one word "
                                           "3-gram occurs more than this many times.")
+    drop_loop_suspected: bool = Field(True, description="Drop rows the backend flagged loop_suspected "
+                                      "(granite-ar: a run of one repeated n-gram in its output).")
     keep_empty: bool = Field(False, description="Keep ok rows with an empty transcript.")
 
 
@@ -64,6 +66,8 @@ def drop_reason(row: dict, rules: FilterRules) -> str | None:
         return "agreement"
     if rules.languages and (row.get("language") or "").split("-")[0] not in rules.languages:
         return "language"
+    if rules.drop_loop_suspected and row.get("loop_suspected"):
+        return "loop"
     # judged per segment (<= 30 s, like Whisper's rule): a whole long file compresses well anyway
     pieces = [s.get("text") or "" for s in (row.get("segments") or [])] or [text]
     for piece in pieces:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "2"  # 2: task, target_language, translation; segments[].translation; source_version
+SCHEMA_VERSION = "3"  # 2: task, target_language, translation; segments[].translation; source_version
+#                       3: loop_suspected
 
 SEGMENT_TYPE = pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("text", pa.string()),
                           ("translation", pa.string())])
@@ -66,6 +67,7 @@ OUTPUT_SCHEMA = pa.schema(
         pa.field("error", pa.string()),
         pa.field("ctc_text", pa.string()),
         pa.field("agreement", pa.float64()),
+        pa.field("loop_suspected", pa.bool_()),   # null where the backend does not detect loops
         pa.field("processed_at", pa.timestamp("ms", tz="UTC")),
     ],
     metadata={b"granite_transcribe.schema_version": SCHEMA_VERSION.encode()},

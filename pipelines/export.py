@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--languages", help="comma-separated allowlist, e.g. en,fr")
     p.add_argument("--max-compression-ratio", type=float, default=2.4)
     p.add_argument("--max-ngram-repeats", type=int, default=4)
+    p.add_argument("--keep-loops", action="store_true",
+                   help="keep rows the backend flagged loop_suspected (dropped by default)")
     p.add_argument("--keep-empty", action="store_true")
     args = p.parse_args(argv)
     rules = FilterRules(min_duration_s=args.min_duration, max_duration_s=args.max_duration,
@@ -73,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                         min_agreement=args.min_agreement,
                         languages=args.languages.split(",") if args.languages else None,
                         max_compression_ratio=args.max_compression_ratio,
-                        max_ngram_repeats=args.max_ngram_repeats, keep_empty=args.keep_empty)
+                        max_ngram_repeats=args.max_ngram_repeats, keep_empty=args.keep_empty,
+                        drop_loop_suspected=not args.keep_loops)
     try:
         s = run_export(args.input, args.format, args.output, rules, args.audio_dir, args.rows_per_file)
     except FileNotFoundError as e:

@@ -180,6 +180,7 @@ class Transcript:
     agreement: float | None = None   # NAR backends: agreement between ctc_text and text
     extras: dict = field(default_factory=dict)
     translation: str | None = None   # backends that translate: the clip's translation
+    loop_suspected: bool | None = None  # backends that detect it: the output holds a repeating run
 
 
 @runtime_checkable

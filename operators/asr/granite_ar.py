@@ -15,10 +15,16 @@ clip's transcript depends on what it is batched with. Here the encoder + project
 alone; only the language model is batched (left padding, attention mask, positions from the mask),
 so greedy output is the same whatever the batch (token-identical on CPU float32, see the tests).
 
-Generation is greedy and deterministic; each row has its own token budget scaled by clip duration
-(`max_new_tokens_per_30s`), and a repetition guard ends a row whose tail repeats one n-gram
-(period <= `repeat_max_period` tokens, at least `repeat_min_repeats` copies and `repeat_min_span`
-tokens), trimming the loop to one copy, so one looping segment cannot hold a batch to its budget.
+Generation is greedy and deterministic and, by default, gives what the model card's recipe gives
+clip for clip: chat-template prompt, `<|audio|>` expanded, greedy, max_new_tokens 200 for a clip of up
+to 30 s, decoded with skip_special_tokens. Loops are never rewritten by default: a row holding a run of
+one repeated n-gram (period <= `repeat_max_period` tokens, >= `repeat_min_repeats` copies spanning >=
+`repeat_min_span` tokens) is flagged (`Transcript.loop_suspected`, the output's `loop_suspected`
+column; exports drop such rows unless told otherwise). Two opt-in options trade words for GPU time:
+`stop_on_loop` ends a looping row as soon as its tail repeats and keeps one copy (a batch no longer
+waits for a looping row to exhaust its budget, but a row that really repeats, or would have left the
+loop by itself, loses words), and `scale_budget_by_duration` gives short clips fewer tokens (a dense
+short clip can be cut).
 A clip that cannot be processed (too short, too long, a task pair the model lacks) comes back as an
 exception in its slot; the other clips of the call are unaffected.
 """
@@ -56,13 +62,15 @@ TRANSCRIBE_RAW_PROMPT = "can you transcribe the speech into a written format?"
 KEYWORDS_TRANSCRIBE_PROMPT = "transcribe the speech to text."
 
 OPTIONS = {
-    "max_new_tokens_per_30s": 200,      # transcription budget, scaled by clip duration
+    "max_new_tokens_per_30s": 200,      # the model card's budget (max_new_tokens=200 for a <= 30 s clip)
     "translate_tokens_per_30s": 300,    # translation budget (targets like ja/de run longer)
-    "min_new_tokens": 32,               # floor of the per-row budget (short clips)
-    "max_new_tokens": 1024,             # ceiling of the per-row budget
-    "repeat_max_period": 16,            # repetition guard: longest repeating n-gram checked
-    "repeat_min_repeats": 4,            # ... copies of it at the tail that end the row
-    "repeat_min_span": 24,              # ... and at least this many tokens in those copies
+    "scale_budget_by_duration": False,  # opt-in: a shorter clip gets proportionally fewer tokens
+    "min_new_tokens": 32,               # ... floor of that scaled budget
+    "max_new_tokens": 1024,             # ceiling of any per-row budget
+    "stop_on_loop": False,              # opt-in: end a row whose tail repeats and keep one copy
+    "repeat_max_period": 16,            # loop detection (the loop_suspected flag, and stop_on_loop):
+    "repeat_min_repeats": 4,            # ... a run of at least this many copies of one n-gram
+    "repeat_min_span": 24,              # ... of at most repeat_max_period tokens, spanning this many
     "no_repeat_ngram_size": 0,          # transformers' hard n-gram ban (0: off)
     "attn_implementation": None,        # transformers' choice (sdpa) unless set
 }
@@ -149,6 +157,22 @@ def _repeating_tail(tokens: Sequence[int], max_period: int, min_repeats: int, mi
         if all(tail[k] == tail[k - p] for k in range(p, span)):
             return p
     return None
+
+
+def has_loop(tokens: Sequence[int], max_period: int, min_repeats: int, min_span: int) -> bool:
+    """Whether `tokens` hold, anywhere, a run repeating with period p <= max_period that covers at least
+    max(min_repeats * p, min_span) tokens (the same rule as _repeating_tail, not only at the end)."""
+    n = len(tokens)
+    for p in range(1, max_period + 1):
+        need = max(min_repeats * p, min_span)
+        if need > n:
+            break
+        run = 0  # consecutive k with tokens[k] == tokens[k - p]: the run covers run + p tokens
+        for k in range(p, n):
+            run = run + 1 if tokens[k] == tokens[k - p] else 0
+            if run + p >= need:
+                return True
+    return False
 
 
 def _trim_loop(tokens: list[int], period: int) -> list[int]:
@@ -279,9 +303,16 @@ class GraniteARBackend:
         return ids[:at] + [self.audio_token_id] * n_audio_tokens + ids[at + 1:]
 
     def budget(self, kind: str, n_samples: int) -> int:
-        per_30s = self.options["translate_tokens_per_30s" if kind == TRANSLATE else "max_new_tokens_per_30s"]
-        n = math.ceil(per_30s * n_samples / (30 * SAMPLE_RATE))
-        return int(min(self.options["max_new_tokens"], max(self.options["min_new_tokens"], n)))
+        """New tokens a row may take: the card's per-30 s budget for any clip up to 30 s (scaled down by
+        duration only with scale_budget_by_duration)."""
+        o = self.options
+        per_30s = o["translate_tokens_per_30s" if kind == TRANSLATE else "max_new_tokens_per_30s"]
+        exact = per_30s * n_samples / (30 * SAMPLE_RATE)
+        if o["scale_budget_by_duration"]:
+            n = max(o["min_new_tokens"], math.ceil(exact))
+        else:
+            n = max(per_30s, math.ceil(exact))
+        return int(min(o["max_new_tokens"], n))
 
     # ---------------------------------------------------------------- model
 
@@ -298,7 +329,8 @@ class GraniteARBackend:
     def generate(self, prompts: list[list[int]], audio: list,
                  budgets: list[int]) -> list[tuple[list[int], str]]:
         """Batched greedy generation: prompt ids (audio tokens expanded), each row's audio embeddings and
-        token budget -> (new tokens, why it stopped: eos | max_new_tokens | repetition) per row."""
+        token budget -> (new tokens, why it stopped: eos | max_new_tokens | repetition) per row;
+        `repetition` only with stop_on_loop."""
         torch = self.torch
         from transformers import GenerationMixin, StoppingCriteriaList
 
@@ -317,8 +349,8 @@ class GraniteARBackend:
             feats_mask[r, :a.shape[0]] = True
         ids, mask = ids.to(self.device), mask.to(self.device)
         o = self.options
-        guard = _RowGuard(budgets, o["repeat_max_period"], o["repeat_min_repeats"], o["repeat_min_span"],
-                          self.device)
+        guard = _RowGuard(budgets, o["repeat_max_period"] if o["stop_on_loop"] else 0, o["repeat_min_repeats"],
+                          o["repeat_min_span"], self.device)
         kwargs: dict[str, Any] = {}
         if o["no_repeat_ngram_size"]:
             kwargs["no_repeat_ngram_size"] = int(o["no_repeat_ngram_size"])
@@ -337,7 +369,7 @@ class GraniteARBackend:
             end = next((k for k, t in enumerate(seq) if t in stop_ids), None)
             tokens = seq[:end] if end is not None else seq
             period = _repeating_tail(tokens, o["repeat_max_period"], o["repeat_min_repeats"],
-                                     o["repeat_min_span"]) if o["repeat_max_period"] else None
+                                     o["repeat_min_span"]) if o["stop_on_loop"] and o["repeat_max_period"] else None
             if period is not None:
                 results.append((_trim_loop(tokens, period), "repetition"))
             elif end is None or len(tokens) >= budgets[r]:
@@ -380,18 +412,19 @@ class GraniteARBackend:
             by_clip: dict[int, dict[str, tuple[list[int], str]]] = {}
             for (i, kind), res in zip(jobs, generated):
                 by_clip.setdefault(i, {})[kind] = res
+            o = self.options
             for i, parts in by_clip.items():
-                text, translation, stops, counts = "", None, {}, {}
+                text, translation, stops, counts, looped = "", None, {}, {}, False
                 for kind, (tokens, stop) in parts.items():
                     decoded = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
                     stops[kind], counts[kind] = stop, len(tokens)
-                    if stop == "repetition":
-                        log.warning("granite-ar: a clip looped (%s); cut at the repeat", kind)
+                    looped = looped or stop == "repetition" or (o["repeat_max_period"] > 0 and has_loop(
+                        tokens, o["repeat_max_period"], o["repeat_min_repeats"], o["repeat_min_span"]))
                     if kind == TRANSLATE:
                         translation = decoded
                     else:
                         text = decoded
-                results[i] = Transcript(text=text, translation=translation,
+                results[i] = Transcript(text=text, translation=translation, loop_suspected=looped,
                                         extras={"stop": stops, "tokens": counts})
         return results
 

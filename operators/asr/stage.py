@@ -134,7 +134,7 @@ class ASRStage:
                 "translation": None,
                 "model": self.backend.model_id, "model_revision": self.backend.revision,
                 "backend": self.backend.name, "status": r["status"], "error": r["error"],
-                "ctc_text": None, "agreement": None, "processed_at": now,
+                "ctc_text": None, "agreement": None, "loop_suspected": None, "processed_at": now,
             }
             if r["status"] == OK and i in task_errors:
                 rec.update(status=ERROR, error=error_text("task", str(task_errors[i])))
@@ -160,6 +160,9 @@ class ASRStage:
                     ctc = [x.ctc_text for x in res if x.ctc_text is not None]
                     if ctc:
                         rec["ctc_text"] = joiner.join(t for t in ctc if t)
+                    loops = [x.loop_suspected for x in res if x.loop_suspected is not None]
+                    if loops:
+                        rec["loop_suspected"] = any(loops)
                     scores = [(x.agreement, e - s) for x, s, e in zip(res, r["seg_start"], r["seg_end"])
                               if x.agreement is not None]
                     if scores:  # duration-weighted over segments

@@ -65,5 +65,5 @@ def test_granite_ar_job_writes_translation_columns(s3, ray_cluster, prefix, tiny
     part = next(p for p in fs.find(result["output"].removeprefix("s3://")) if p.endswith(".parquet"))
     with fs.open(part, "rb") as f:
         schema = pq.read_schema(f)
-    assert schema.metadata[b"granite_transcribe.schema_version"] == b"2"
+    assert schema.metadata[b"granite_transcribe.schema_version"] == b"3"
     assert {"task", "target_language", "translation"} <= set(schema.names)

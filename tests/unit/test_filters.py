@@ -30,6 +30,7 @@ def test_a_good_row_passes_every_rule():
     (_with(duration_s=0.5), FilterRules(max_chars_per_s=25), "chars_per_second"),   # 70 chars/s
     (_with(agreement=0.5), FilterRules(min_agreement=0.9), "agreement"),
     (_with(language="fr"), FilterRules(languages=["en", "de"]), "language"),
+    (_with(loop_suspected=True), FilterRules(), "loop"),
 ])
 def test_each_rule_names_its_reason(row, rules, reason):
     assert drop_reason(row, rules) == reason
@@ -37,6 +38,12 @@ def test_each_rule_names_its_reason(row, rules, reason):
 
 def test_rows_without_agreement_pass_the_agreement_rule():
     assert drop_reason(_with(agreement=None), FilterRules(min_agreement=0.9)) is None
+
+
+def test_loop_flag_is_dropped_unless_kept():
+    assert drop_reason(_with(loop_suspected=False), FilterRules()) is None
+    assert drop_reason(_with(loop_suspected=None), FilterRules()) is None      # backends that do not flag
+    assert drop_reason(_with(loop_suspected=True), FilterRules(drop_loop_suspected=False)) is None
 
 
 def test_keep_empty():

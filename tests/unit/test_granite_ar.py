@@ -1,6 +1,6 @@
 """granite-ar backend on a tiny random Granite Speech checkpoint (built in code, saved, loaded through
 the public loader): prompts, audio-token expansion, agreement with transformers' own single-clip path,
-batch invariance, the repetition guard and per-clip errors. Random weights: the text is garbage, the
+batch invariance, loop flagging (and the opt-in loop stop) and per-clip errors. Random weights: the text is garbage, the
 structure and the token ids are what is checked."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from operators.asr import load_backend  # noqa: E402
 from operators.asr.base import TaskSpec, Transcript  # noqa: E402
 from operators.asr.features import log_mel  # noqa: E402
 from operators.asr.granite_ar import (AUDIO_TOKEN, LANGUAGE_NAMES, TRANSLATION_PAIRS, GraniteARBackend,  # noqa: E402
-                                      _repeating_tail, _RowGuard, _trim_loop, audio_embed_size, instruction,
+                                      _repeating_tail, _RowGuard, _trim_loop, has_loop, audio_embed_size, instruction,
                                       random_checkpoint)
 from operators.config import ModelConfig  # noqa: E402
 
@@ -55,7 +55,7 @@ def backend(ckpt) -> GraniteARBackend:
 
 @pytest.fixture(scope="module")
 def unguarded(ckpt) -> GraniteARBackend:
-    """Same weights, repetition guard off: generation runs to EOS or the budget, like transformers'."""
+    """Same weights, loop detection off entirely: generation runs to EOS or the budget."""
     return load_backend("granite-ar", ModelConfig(id=str(ckpt), device="cpu",
                                                   options={"repeat_max_period": 0}))
 
@@ -222,35 +222,96 @@ def test_repeating_tail_and_trim():
     assert guard(ids, None).tolist() == [True, False, True]
 
 
-def test_a_looping_row_stops_early_and_the_others_finish(backend, clips, monkeypatch):
-    """Row 0's model output loops a 3-gram forever, row 1 writes 30 distinct tokens then EOS: row 0
-    is cut at the loop (kept once) while row 1 runs to its own end in the same batch."""
+def _scripted_lm_head(backend, monkeypatch, rows):
+    """Replace the LM head's output with scripted greedy choices: rows[r](step) is row r's next token."""
     step = {"n": 0}
-    eos = min(backend.eos_ids)
     vocab = backend.model.config.text_config.vocab_size
 
-    def fake_lm_head(hidden):
+    def lm_head(hidden):
         k = step["n"]
         step["n"] += 1
         logits = torch.zeros(hidden.shape[:-1] + (vocab,), dtype=hidden.dtype)
-        logits[0, ..., 50 + k % 3] = 1.0
-        logits[1, ..., 100 + k if k < 30 else eos] = 1.0
+        for r, choose in enumerate(rows):
+            logits[r, ..., choose(k)] = 1.0
         return logits
 
-    monkeypatch.setattr(backend.model.lm_head, "forward", fake_lm_head)
+    monkeypatch.setattr(backend.model.lm_head, "forward", lm_head)
+    return step
+
+
+@pytest.fixture(scope="module")
+def stopper(ckpt) -> GraniteARBackend:
+    return load_backend("granite-ar", ModelConfig(id=str(ckpt), device="cpu", options={"stop_on_loop": True}))
+
+
+def test_a_row_the_model_ends_is_never_rewritten(backend, clips, monkeypatch):
+    """Row 0 repeats one token 27 times then ends; row 1 loops a 3-gram until its budget. By default
+    both come back exactly as generated, flagged loop_suspected; nothing is trimmed."""
+    eos = min(backend.eos_ids)
+    step = _scripted_lm_head(backend, monkeypatch, [lambda k: 77 if k < 27 else eos, lambda k: 50 + k % 3])
     a, c = clips[5], clips[6]
     prompts = [backend.prompt_ids("transcribe", TaskSpec(), audio_embed_size(len(x))) for x in (a, c)]
     out = backend.generate(prompts, [backend.encode(a), backend.encode(c)], [64, 64])
+    assert out[0] == ([77] * 27, "eos")
+    assert out[1] == ([50 + k % 3 for k in range(64)], "max_new_tokens")
+    step["n"] = 0
+    results = backend.transcribe([a, c], ["en", "en"])
+    assert [r.loop_suspected for r in results] == [True, True]
+    assert results[0].text == backend.tokenizer.decode([77] * 27, skip_special_tokens=True).strip()
+
+
+def test_stop_on_loop_is_opt_in_and_cuts_loops(stopper, clips, monkeypatch):
+    """With stop_on_loop, row 0's endless 3-gram is cut to one copy while row 1 runs to its own EOS."""
+    eos = min(stopper.eos_ids)
+    step = _scripted_lm_head(stopper, monkeypatch, [lambda k: 50 + k % 3, lambda k: 100 + k if k < 30 else eos])
+    a, c = clips[5], clips[6]
+    prompts = [stopper.prompt_ids("transcribe", TaskSpec(), audio_embed_size(len(x))) for x in (a, c)]
+    out = stopper.generate(prompts, [stopper.encode(a), stopper.encode(c)], [64, 64])
     assert out[0] == ([50, 51, 52], "repetition")
     assert out[1] == (list(range(100, 130)), "eos")
     assert step["n"] == 31  # the batch ran until row 1's EOS, not to the 64-token budget
 
 
-def test_budget_scales_with_duration(backend):
+def test_has_loop_finds_runs_anywhere():
+    assert has_loop([9] + [5] * 27 + [3, 4], 16, 4, 24)
+    assert not has_loop([9] + [5] * 22 + [3, 4], 16, 4, 24)
+    assert has_loop([1, 2] + [7, 8, 9] * 8 + [4], 16, 4, 24)
+    assert not has_loop(list(range(60)), 16, 4, 24)
+    assert not has_loop(list(range(100, 110)) * 3, 16, 4, 24) and has_loop(list(range(100, 110)) * 4, 16, 4, 24)
+
+
+def test_default_transcripts_equal_the_model_card_recipe(backend, clips):
+    """Clip for clip, the job's default output is what the card's recipe gives: the chat-template
+    prompt with `<|audio|>` expanded, transformers' own generate (greedy, max_new_tokens=200) on the
+    clip alone, decoded with skip_special_tokens."""
+    results = backend.transcribe(clips, ["en"] * len(clips))
+    for clip, ours in zip(clips, results):
+        n_tok = audio_embed_size(len(clip))
+        prompt = backend.prompt_ids("transcribe", TaskSpec(), n_tok)
+        ids = torch.tensor([prompt])
+        with torch.inference_mode():
+            new = backend.model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids),
+                input_features=log_mel(torch.as_tensor(clip), "ar")[None],
+                input_features_mask=torch.ones((1, n_tok), dtype=torch.bool), max_new_tokens=200,
+                do_sample=False, num_beams=1, pad_token_id=backend.pad_id)[0, len(prompt):]
+        assert ours.text == backend.tokenizer.decode(new, skip_special_tokens=True).strip()
+    # not vacuous: rows the model ends itself after more tokens than a duration-scaled budget allows
+    scaled = [max(32, -(-200 * len(c) // (30 * SR))) for c in clips]
+    assert any(r.extras["stop"]["transcribe"] == "eos" and r.extras["tokens"]["transcribe"] > n
+               for r, n in zip(results, scaled))
+
+
+def test_budget_is_the_cards_unless_scaled(backend, ckpt):
     assert backend.budget("transcribe", 30 * SR) == 200
-    assert backend.budget("transcribe", 15 * SR) == 100
-    assert backend.budget("translate", 30 * SR) == 300
-    assert backend.budget("transcribe", SR // 2) == 32  # floor for short clips
+    assert backend.budget("transcribe", SR // 2) == 200
+    assert backend.budget("translate", 15 * SR) == 300
+    scaled = load_backend("granite-ar", ModelConfig(id=str(ckpt), device="cpu",
+                                                    options={"scale_budget_by_duration": True}))
+    assert scaled.budget("transcribe", 30 * SR) == 200
+    assert scaled.budget("transcribe", 15 * SR) == 100
+    assert scaled.budget("translate", 30 * SR) == 300
+    assert scaled.budget("transcribe", SR // 2) == 32  # floor for short clips
 
 
 def test_identity_without_loading(ckpt):
