@@ -86,7 +86,7 @@ class ModelConfig(_Section):
 
 
 class ASRConfig(_Section):
-    backend: str = Field("whisper", description="Model backend: whisper, granite-ar, granite-nar.")
+    backend: str = Field("whisper", description="Model backend: whisper, granite-ar, granite-nar, simulated.")
     model: ModelConfig = Field(default_factory=ModelConfig, validate_default=True)
     batch_size: int = Field(16, ge=1, description="Segments per model call (sorted by length, "
                             "across files).")
@@ -95,6 +95,8 @@ class ASRConfig(_Section):
     max_actors: int | None = Field(None, ge=1, description="Autoscale the pool up to this many.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (1 on GPU clusters).")
     num_cpus: float = Field(1.0, gt=0, description="CPUs per actor.")
+    concurrent_batches: int = Field(2, ge=1, description="Batches one ASR actor works on at once (threads): "
+                                    "while one holds the model, the others prepare rows and build output.")
     check_model: bool = Field(True, description="Check the checkpoint on the driver before Ray starts "
                               "(config, weight headers, tokenizer); false where only the workers can see it.")
     max_tasks_in_flight_per_actor: int = Field(2, ge=1, description="Queued batches per actor, "
@@ -220,6 +222,9 @@ def _backends_that(test) -> list[str]:
 class WriteConfig(_Section):
     num_cpus: float = Field(0.25, gt=0, description="CPUs per write task.")
     compression: str = Field("zstd", description="Parquet compression codec.")
+    rows_per_file: int = Field(4096, ge=0, description="Rows per Parquet file (a million-file job writes a "
+                               "few hundred files). Each file is whole or absent: a killed run redoes at "
+                               "most the rows not yet in a finished file. 0: one file per ASR batch.")
 
 
 class SelectConfig(_Section):

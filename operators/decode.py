@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import struct
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -235,6 +236,7 @@ def decode_batch(batch: pa.Table, cfg: JobConfig) -> pa.Table:
     Fetches what is not embedded (concurrently), decodes, resamples and plans segments. Every
     per-file failure becomes a row with status='error'; nothing raised here loses a block.
     """
+    read_at, cpu0 = time.time(), time.process_time()
     rows = batch.to_pylist()
     need = [i for i, r in enumerate(rows) if r["audio_bytes"] is None and not r.get("source_error")]
     fetched = dict(zip(need, storage.fetch_many([rows[i]["source_uri"] for i in need],
@@ -259,4 +261,7 @@ def decode_batch(batch: pa.Table, cfg: JobConfig) -> pa.Table:
         except Exception as e:  # noqa: BLE001 - an unforeseen decoder failure stays per file
             rec.update(status=ERROR, error=error_text("decode", f"{type(e).__name__}: {e}"), pcm16=None)
         out.append(rec)
+    cpu = (time.process_time() - cpu0) / max(1, len(out))
+    for rec in out:
+        rec.update(perf_read_at=read_at, perf_decode_cpu_s=cpu)
     return pa.Table.from_pylist(out, schema=DECODED_SCHEMA)

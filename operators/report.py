@@ -8,6 +8,7 @@ reference words, over rows with a non-empty reference.
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from functools import lru_cache
 
@@ -25,6 +26,7 @@ STATS_SCHEMA = pa.schema([
     ("wer_errors", pa.int64()),
     ("wer_words", pa.int64()),
     ("wer_files", pa.int64()),
+    ("perf", pa.string()),            # JSON: the block's timing (block_perf)
 ])
 
 
@@ -62,7 +64,37 @@ def wer(reference: str, hypothesis: str, language: str | None = "en") -> float |
     return errors / words if words else None
 
 
-def block_stats(table: pa.Table, path: str | None) -> pa.Table:
+def block_perf(perf: pa.Table | None, write_cpu_s: float = 0.0) -> dict:
+    """A block's timing from the perf_* columns (operators.schema): CPU sums, first read, and per ASR
+    actor its start, model-ready time and first/last model call. `written_at` is now."""
+    out: dict = {"write_cpu_s": write_cpu_s, "written_at": time.time()}
+    if perf is None or perf.num_rows == 0:
+        return out
+    rows = perf.to_pylist()
+
+    def total(name):
+        return float(sum(r.get(name) or 0.0 for r in rows))
+
+    out.update(decode_cpu_s=total("perf_decode_cpu_s"), asr_busy_s=total("perf_asr_busy_s"),
+               asr_cpu_s=total("perf_asr_cpu_s"))
+    reads = [r["perf_read_at"] for r in rows if r.get("perf_read_at")]
+    if reads:
+        out["read_first"] = min(reads)
+    actors: dict = {}
+    for r in rows:
+        if not r.get("perf_actor"):
+            continue
+        a = actors.setdefault(r["perf_actor"], {"started": r["perf_actor_started"], "ready": r["perf_actor_ready"],
+                                                "call_first": None, "call_last": None})
+        if r.get("perf_call_first"):
+            a["call_first"] = min(a["call_first"] or r["perf_call_first"], r["perf_call_first"])
+            a["call_last"] = max(a["call_last"] or 0.0, r["perf_call_last"])
+    out["actors"] = actors
+    return out
+
+
+def block_stats(table: pa.Table, path: str | None, perf: pa.Table | None = None,
+                write_cpu_s: float = 0.0) -> pa.Table:
     rows = table.select([c for c in ("status", "error", "duration_s", "segments", "text", "reference",
                                      "language") if c in table.column_names]).to_pylist()
     errors = Counter(error_kind(r["error"]) for r in rows if r["status"] != OK)
@@ -80,6 +112,7 @@ def block_stats(table: pa.Table, path: str | None) -> pa.Table:
         "segments": sum(len(r.get("segments") or []) for r in rows),
         "errors": json.dumps(dict(errors), sort_keys=True),
         "wer_errors": werr, "wer_words": words, "wer_files": wfiles,
+        "perf": json.dumps(block_perf(perf, write_cpu_s)),
     }], schema=STATS_SCHEMA)
 
 
@@ -91,6 +124,10 @@ class Summary:
         self.audio_s = 0.0
         self.errors: Counter = Counter()
         self.parts = 0
+        self.cpu = Counter()            # decode_cpu_s, asr_cpu_s, write_cpu_s, asr_busy_s
+        self.read_first: float | None = None
+        self.written_last: float | None = None
+        self.actors: dict[str, dict] = {}
 
     def add(self, stats: pa.Table) -> None:
         for r in stats.to_pylist():
@@ -103,6 +140,57 @@ class Summary:
             self.wer_words += r["wer_words"]
             self.wer_files += r["wer_files"]
             self.parts += 1 if r["path"] else 0
+            self._add_perf(json.loads(r.get("perf") or "{}"))
+
+    def _add_perf(self, p: dict) -> None:
+        for k in ("decode_cpu_s", "asr_cpu_s", "write_cpu_s", "asr_busy_s"):
+            self.cpu[k] += p.get(k, 0.0)
+        if p.get("read_first"):
+            self.read_first = min(self.read_first or p["read_first"], p["read_first"])
+        if p.get("written_at"):
+            self.written_last = max(self.written_last or 0.0, p["written_at"])
+        for name, a in (p.get("actors") or {}).items():
+            have = self.actors.setdefault(name, dict(a))
+            have["started"] = min(have["started"], a["started"])
+            if a.get("call_first"):
+                have["call_first"] = min(have.get("call_first") or a["call_first"], a["call_first"])
+                have["call_last"] = max(have.get("call_last") or 0.0, a["call_last"])
+
+    def feeding(self, job_started: float | None = None) -> dict:
+        """How well the pipeline fed the model: the figures a user sizes a cluster with.
+
+        pipeline_wall_seconds: first input read to last file written (Ray start-up excluded).
+        model_busy_seconds: sum over ASR actors of the time inside backend calls.
+        model_busy_fraction: model_busy_seconds / sum over actors of their alive seconds (from the
+          actor starting to load its model to the last file written; an actor that never got a batch is
+          not seen). cpu_seconds_per_audio_hour: decode, asr_actor_overhead (the actor's CPU outside
+          backend calls) and write."""
+        if self.read_first is None or self.written_last is None:
+            return {}
+        end = self.written_last
+        busy = self.cpu["asr_busy_s"]
+        alive = sum(max(0.0, end - a["started"]) for a in self.actors.values())
+        calls_first = [a["call_first"] for a in self.actors.values() if a.get("call_first")]
+        calls_last = [a["call_last"] for a in self.actors.values() if a.get("call_last")]
+        hours = self.audio_s / 3600
+        per_hour = (lambda v: v / hours) if hours > 0 else (lambda v: None)
+        out = {
+            "pipeline_wall_seconds": end - self.read_first,
+            "model_busy_seconds": busy,
+            "model_busy_fraction": busy / alive if alive > 0 else None,
+            "asr_actors_seen": len(self.actors),
+            "model_load_seconds": max((a["ready"] - a["started"] for a in self.actors.values()), default=None),
+            "first_model_call_after_first_read_s": (min(calls_first) - self.read_first) if calls_first else None,
+            "last_file_written_after_last_model_call_s": (end - max(calls_last)) if calls_last else None,
+            "cpu_seconds_per_audio_hour": {
+                "decode": per_hour(self.cpu["decode_cpu_s"]),
+                "asr_actor_overhead": per_hour(self.cpu["asr_cpu_s"]),
+                "write": per_hour(self.cpu["write_cpu_s"]),
+            },
+        }
+        if job_started is not None and calls_first:
+            out["first_model_call_after_job_start_s"] = min(calls_first) - job_started
+        return out
 
     def as_dict(self, wall_s: float, **extra) -> dict:
         return {
@@ -119,6 +207,7 @@ class Summary:
             "wer_files": self.wer_files,
             "wer_reference_words": self.wer_words,
             "parquet_files_written": self.parts,
+            **self.feeding(extra.pop("job_started", None)),
             **extra,
         }
 
@@ -128,12 +217,15 @@ def format_summary(s: dict) -> str:
         if isinstance(v, float):
             return f"{v:.4f}" if abs(v) < 10 else f"{v:,.1f}"
         if isinstance(v, dict):
-            return ", ".join(f"{k}={n}" for k, n in v.items()) or "-"
+            return ", ".join(f"{k}={fmt(n)}" for k, n in v.items()) or "-"
         return "-" if v is None else str(v)
 
     keys = ["job", "backend", "model", "model_revision", "inputs_listed", "skipped_already_done",
             "duplicate_ids_dropped", "files", "ok", "errors", "errors_by_kind", "audio_hours",
-            "segments", "wall_seconds", "rtfx", "wer", "wer_files", "parquet_files_written", "output"]
+            "segments", "wall_seconds", "rtfx", "pipeline_wall_seconds", "model_busy_seconds",
+            "model_busy_fraction", "first_model_call_after_first_read_s",
+            "last_file_written_after_last_model_call_s", "cpu_seconds_per_audio_hour", "wer", "wer_files",
+            "parquet_files_written", "output"]
     width = max(len(k) for k in keys)
     lines = ["=" * (width + 40)]
     lines += [f"{k:<{width}}  {fmt(s.get(k))}" for k in keys if k in s]

@@ -29,6 +29,24 @@ SOURCE_SCHEMA = pa.schema([
     ("keywords", pa.list_(pa.string())),
 ])
 
+# Timing carried with the rows from decode through ASR to the writer, never written to Parquet. Each
+# stage spreads its batch's figures over the batch's rows, so sums stay right however Ray Data cuts
+# blocks; times are wall-clock epoch seconds.
+DECODE_PERF = [
+    ("perf_read_at", pa.float64()),        # the decode batch started (min over rows: first input read)
+    ("perf_decode_cpu_s", pa.float64()),   # decode CPU seconds (fetch, decode, resample, plan)
+]
+ASR_PERF = [
+    ("perf_asr_busy_s", pa.float64()),     # wall seconds inside backend calls
+    ("perf_asr_cpu_s", pa.float64()),      # the actor's CPU seconds outside backend calls
+    ("perf_actor", pa.string()),           # host:pid of the ASR actor
+    ("perf_actor_started", pa.float64()),  # it began loading its model
+    ("perf_actor_ready", pa.float64()),    # its model was loaded
+    ("perf_call_first", pa.float64()),     # its batch's first model call began
+    ("perf_call_last", pa.float64()),      # its batch's last model call ended
+]
+PERF_COLUMNS = tuple(name for name, _ in DECODE_PERF + ASR_PERF)
+
 # Decoded rows: 16 kHz mono 16-bit PCM plus planned segment boundaries (sample offsets).
 DECODED_SCHEMA = pa.schema([
     ("audio_id", pa.string()),
@@ -45,6 +63,7 @@ DECODED_SCHEMA = pa.schema([
     ("seg_end", pa.list_(pa.int64())),
     ("status", pa.string()),
     ("error", pa.string()),
+    *DECODE_PERF,
 ])
 
 OUTPUT_SCHEMA = pa.schema(
@@ -72,6 +91,10 @@ OUTPUT_SCHEMA = pa.schema(
     ],
     metadata={b"granite_transcribe.schema_version": SCHEMA_VERSION.encode()},
 )
+
+# what the ASR stage hands the writer: the output row plus the timing above
+ASR_OUT_SCHEMA = pa.schema(list(OUTPUT_SCHEMA) + [pa.field(n, t) for n, t in DECODE_PERF + ASR_PERF],
+                           metadata=OUTPUT_SCHEMA.metadata)
 
 OK = "ok"
 ERROR = "error"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 import uuid
 
 import pyarrow as pa
@@ -19,7 +20,7 @@ import pyarrow.parquet as pq
 from operators import storage
 from operators.metrics import JobMetrics
 from operators.report import block_stats
-from operators.schema import OUTPUT_SCHEMA
+from operators.schema import OUTPUT_SCHEMA, PERF_COLUMNS
 
 SUMMARY_NAME = "_summary.json"
 
@@ -102,13 +103,18 @@ def write_json(obj: dict, uri: str, storage_options: dict | None = None) -> None
 
 def write_block(batch: pa.Table, out_dir: str, storage_options: dict | None = None,
                 compression: str = "zstd", job: str = "transcribe") -> pa.Table:
-    """Ray Data stage (CPU tasks): write one block, return one small stats row for the report."""
+    """Ray Data stage (CPU tasks): write one block, return one small stats row for the report (with
+    the block's timing: the perf_* columns, which are not written)."""
+    cpu0 = time.process_time()
+    perf_names = [c for c in PERF_COLUMNS if c in batch.column_names]
+    perf = batch.select(perf_names)
+    batch = batch.drop_columns(perf_names)
     if batch.num_rows == 0:
         return block_stats(batch, None)
     table = batch.cast(OUTPUT_SCHEMA) if batch.schema != OUTPUT_SCHEMA else batch
     uri = storage.join(out_dir, part_name(table["audio_id"].to_pylist()))
     write_table(table, uri, storage_options, compression)
-    stats = block_stats(table, uri)
+    stats = block_stats(table, uri, perf, write_cpu_s=time.process_time() - cpu0)
     s = stats.to_pylist()[0]
     JobMetrics(job).written(s["ok"], s["files"] - s["ok"], s["audio_s"])
     return stats

@@ -124,7 +124,7 @@ def describe(cfg: JobConfig, info: dict, source: sources.Source, units: pa.Table
              "files_per_batch": a.files_per_batch, "segments_per_model_call": a.batch_size,
              "max_tasks_in_flight_per_actor": a.max_tasks_in_flight_per_actor},
             {"stage": "write", "kind": "ray tasks", "num_cpus": cfg.write.num_cpus,
-             "format": f"parquet ({cfg.write.compression})"},
+             "format": f"parquet ({cfg.write.compression})", "rows_per_file": cfg.write.rows_per_file},
         ],
         "output": {"dir": info["output"], "overwrite": cfg.output.overwrite},
     }
@@ -195,20 +195,22 @@ def build(cfg: JobConfig, info: dict, source: sources.Source, units: pa.Table):
         batch_format="pyarrow", num_cpus=cfg.asr.num_cpus, num_gpus=cfg.asr.num_gpus or None,
         compute=ray.data.ActorPoolStrategy(
             min_size=cfg.asr.num_actors, max_size=cfg.asr.max_actors or cfg.asr.num_actors,
-            max_tasks_in_flight_per_actor=cfg.asr.max_tasks_in_flight_per_actor))
+            max_tasks_in_flight_per_actor=max(cfg.asr.max_tasks_in_flight_per_actor, cfg.asr.concurrent_batches),
+            max_concurrent_calls_per_actor=cfg.asr.concurrent_batches,
+            enable_true_multi_threading=cfg.asr.concurrent_batches > 1))
     ds = ds.map_batches(
         write.write_block, fn_kwargs={
             "out_dir": info["output"], "storage_options": cfg.output.storage_options,
             "compression": cfg.write.compression, "job": cfg.name},
-        batch_size=None, batch_format="pyarrow", num_cpus=cfg.write.num_cpus)
+        batch_size=cfg.write.rows_per_file or None, batch_format="pyarrow", num_cpus=cfg.write.num_cpus)
     return ds
 
 
-def prepare(cfg: JobConfig, schedule_slot: str | None = None):
-    """Driver-side decisions, no Ray: identity, output location, run id, listing."""
+def prepare(cfg: JobConfig, schedule_slot: str | None = None, check: bool = True):
+    """Driver-side decisions, no Ray: identity, output location, run id, the checkpoint check, listing."""
     if not cfg.input.uri or not cfg.output.uri:
         raise ConfigError("input.uri and output.uri are required: pass --input URI --output URI")
-    if cfg.asr.check_model:  # a missing or broken checkpoint is one line here, not an actor's traceback
+    if check and cfg.asr.check_model:  # a missing or broken checkpoint is one line here, not a traceback
         log.info("model check: %s", check_model(cfg.asr.backend, cfg.asr.model))
     info = {"job": cfg.name, **plan(cfg)}
     if schedule_slot:
@@ -245,7 +247,7 @@ def run(cfg: JobConfig, schedule_slot: str | None = None) -> dict:
                 raise
             finally:
                 ray_data_log.removeFilter(quiet)
-        result = summary.as_dict(time.time() - t0, **info)  # wall time excludes shutting Ray down
+        result = summary.as_dict(time.time() - t0, job_started=t0, **info)  # excludes shutting Ray down
     write.write_json(result, storage.join(info["output"], write.SUMMARY_NAME), cfg.output.storage_options)
     if schedule_slot:
         runs.finish(info["output"], info["run_id"], info["schedule_slot"], result, cfg.output.storage_options)
@@ -285,8 +287,13 @@ def main(argv: list[str] | None = None) -> int:
             "output.overwrite": args.overwrite, "input.limit": args.limit, "select.mode": args.select,
             "select.previous": args.previous})
         if args.plan:
-            info, source, units = prepare(cfg, args.schedule_slot)
-            print(yaml.safe_dump(describe(cfg, info, source, units), sort_keys=False))
+            info, source, units = prepare(cfg, args.schedule_slot, check=False)
+            doc = describe(cfg, info, source, units)
+            try:
+                doc["stages"][1]["model_check"] = "ok: " + check_model(cfg.asr.backend, cfg.asr.model)
+            except ModelCheckError as e:
+                doc["stages"][1]["model_check"] = f"error: {e}"
+            print(yaml.safe_dump(doc, sort_keys=False))
             return 0
         result = run(cfg, args.schedule_slot)
     except (ConfigError, sources.InputError, FileNotFoundError, ModelCheckError) as e:

