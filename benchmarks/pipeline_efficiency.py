@@ -13,6 +13,11 @@ accelerator of fixed speed. One run, one local Ray cluster, figures side by side
 
 Targets (issue 9): busy >= 0.95 in 2 and 3; capacity >= 0.8 of libsndfile; actor-only busy >= 0.97.
 Files are --distinct encoded FLACs hard-linked under --files names (decoding cost is per file read).
+
+Runs use configs/demo.yaml with TUNED overrides (bigger decode blocks, decode tasks sized to the cores,
+the ASR actor reserving little CPU, two concurrent batches per actor); --baseline repeats scenarios
+2 and 3 (same rtfx) with BASELINE overrides, the demo profile's sizes and one batch at a time per actor,
+as the job ran before the feeding work, so before and after come from one run.
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ from operators.config import load_config  # noqa: E402
 from pipelines.cluster import init_ray  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+TUNED = ["decode.batch_size=128", "decode.num_cpus=0.75", "asr.num_cpus=0.25", "asr.concurrent_batches=2"]
+BASELINE = ["decode.batch_size=4", "decode.num_cpus=0.25", "asr.num_cpus=1", "asr.concurrent_batches=1",
+            "write.rows_per_file=0"]
 
 
 def corpus(root: Path, n: int, distinct: int, seed: int = 0) -> tuple[Path, float]:
@@ -122,7 +130,7 @@ def actor_only(input_dir: Path, n: int, rtfx: float, extra: list[str]) -> dict:
     ds = decoded.map_batches(
         ASRStage, fn_constructor_kwargs={"cfg": cfg}, batch_size=a.files_per_batch, batch_format="pyarrow",
         num_cpus=a.num_cpus, compute=ray.data.ActorPoolStrategy(
-            size=1, max_tasks_in_flight_per_actor=max(a.max_tasks_in_flight_per_actor, a.concurrent_batches),
+            size=1, max_tasks_in_flight_per_actor=a.tasks_in_flight,
             max_concurrent_calls_per_actor=a.concurrent_batches,
             enable_true_multi_threading=a.concurrent_batches > 1))
     t0 = time.time()
@@ -151,13 +159,16 @@ def main() -> int:
     p.add_argument("--small", type=int, default=5000)
     p.add_argument("--distinct", type=int, default=400)
     p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "pipeline-efficiency"))
-    p.add_argument("--set", dest="overrides", action="append", default=[], help="extra config overrides")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   help="config overrides on top of TUNED")
+    p.add_argument("--baseline", action="store_true", help="also run scenarios 2 and 3 with BASELINE")
     p.add_argument("--skip", action="append", default=[], choices=["capacity", "small", "large", "actor"])
     args = p.parse_args()
     root = Path(args.workdir)
     root.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count() or 1
     init_ray()  # one local cluster for every run: Ray start-up is outside every figure
+    args.overrides = TUNED + args.overrides
     results: dict = {"cores": cores, "overrides": args.overrides}
 
     big_dir, big_audio = corpus(root, args.files, args.distinct)
@@ -192,6 +203,15 @@ def main() -> int:
         results["rtfx_0.8_capacity"] = {"rtfx": rtfx, **figures(job(big_dir, root / "out-08", rtfx, 0.005,
                                                                      args.overrides))}
         print(json.dumps({"rtfx_0.8_capacity": results["rtfx_0.8_capacity"]}, indent=1), flush=True)
+    if args.baseline:
+        if "small" not in args.skip:
+            results["baseline_rtfx_1000"] = figures(job(small_dir, root / "out-b1000", 1000.0, 0.005, BASELINE))
+            print(json.dumps({"baseline_rtfx_1000": results["baseline_rtfx_1000"]}, indent=1), flush=True)
+        if "large" not in args.skip and capacity:
+            results["baseline_rtfx_0.8_capacity"] = {"rtfx": 0.8 * capacity, **figures(job(
+                big_dir, root / "out-b08", 0.8 * capacity, 0.005, BASELINE))}
+            print(json.dumps({"baseline_rtfx_0.8_capacity": results["baseline_rtfx_0.8_capacity"]}, indent=1),
+                  flush=True)
     if "actor" not in args.skip:
         results["actor_only_4000"] = actor_only(small_dir, min(args.small, 5000), 4000.0, args.overrides)
         print(json.dumps({"actor_only_4000": results["actor_only_4000"]}, indent=1), flush=True)

@@ -99,8 +99,13 @@ class ASRConfig(_Section):
                                     "while one holds the model, the others prepare rows and build output.")
     check_model: bool = Field(True, description="Check the checkpoint on the driver before Ray starts "
                               "(config, weight headers, tokenizer); false where only the workers can see it.")
-    max_tasks_in_flight_per_actor: int = Field(2, ge=1, description="Queued batches per actor, "
-                                               "so the GPU never waits for the next one.")
+    max_tasks_in_flight_per_actor: int = Field(2, ge=1, description="Batches sent to an actor ahead of "
+                                               "time (at least concurrent_batches + 1 are: one waits queued "
+                                               "while the others run), so the GPU never waits for the next.")
+
+    @property
+    def tasks_in_flight(self) -> int:
+        return max(self.max_tasks_in_flight_per_actor, self.concurrent_batches + 1)
     # what to do with the speech; a manifest's task / target_language / keywords columns override
     # these per row. Checked at load against what the backend declares it can do.
     task: str = Field("transcribe", validate_default=True, description=(

@@ -230,6 +230,16 @@ def from_pcm16(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32767.0
 
 
+def ray_node_id() -> str | None:
+    """The Ray node this runs on (None outside a Ray worker), for the run's placement figures."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()[:12] if ray.is_initialized() else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
 def decode_batch(batch: pa.Table, cfg: JobConfig) -> pa.Table:
     """Ray Data stage (CPU tasks): SOURCE_SCHEMA rows -> DECODED_SCHEMA rows.
 
@@ -262,6 +272,7 @@ def decode_batch(batch: pa.Table, cfg: JobConfig) -> pa.Table:
             rec.update(status=ERROR, error=error_text("decode", f"{type(e).__name__}: {e}"), pcm16=None)
         out.append(rec)
     cpu = (time.process_time() - cpu0) / max(1, len(out))
+    node = ray_node_id()
     for rec in out:
-        rec.update(perf_read_at=read_at, perf_decode_cpu_s=cpu)
+        rec.update(perf_read_at=read_at, perf_decode_cpu_s=cpu, perf_decode_node=node)
     return pa.Table.from_pylist(out, schema=DECODED_SCHEMA)

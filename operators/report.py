@@ -77,6 +77,7 @@ def block_perf(perf: pa.Table | None, write_cpu_s: float = 0.0) -> dict:
 
     out.update(decode_cpu_s=total("perf_decode_cpu_s"), asr_busy_s=total("perf_asr_busy_s"),
                asr_cpu_s=total("perf_asr_cpu_s"))
+    out["decode_nodes"] = sorted({r["perf_decode_node"] for r in rows if r.get("perf_decode_node")})
     reads = [r["perf_read_at"] for r in rows if r.get("perf_read_at")]
     if reads:
         out["read_first"] = min(reads)
@@ -128,6 +129,7 @@ class Summary:
         self.read_first: float | None = None
         self.written_last: float | None = None
         self.actors: dict[str, dict] = {}
+        self.decode_nodes: set[str] = set()
 
     def add(self, stats: pa.Table) -> None:
         for r in stats.to_pylist():
@@ -145,6 +147,7 @@ class Summary:
     def _add_perf(self, p: dict) -> None:
         for k in ("decode_cpu_s", "asr_cpu_s", "write_cpu_s", "asr_busy_s"):
             self.cpu[k] += p.get(k, 0.0)
+        self.decode_nodes.update(p.get("decode_nodes") or ())
         if p.get("read_first"):
             self.read_first = min(self.read_first or p["read_first"], p["read_first"])
         if p.get("written_at"):
@@ -179,6 +182,8 @@ class Summary:
             "model_busy_seconds": busy,
             "model_busy_fraction": busy / alive if alive > 0 else None,
             "asr_actors_seen": len(self.actors),
+            "asr_actors": sorted(self.actors),            # node/host:pid
+            "decode_nodes": sorted(self.decode_nodes),
             "model_load_seconds": max((a["ready"] - a["started"] for a in self.actors.values()), default=None),
             "first_model_call_after_first_read_s": (min(calls_first) - self.read_first) if calls_first else None,
             "last_file_written_after_last_model_call_s": (end - max(calls_last)) if calls_last else None,

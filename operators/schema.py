@@ -35,17 +35,19 @@ SOURCE_SCHEMA = pa.schema([
 DECODE_PERF = [
     ("perf_read_at", pa.float64()),        # the decode batch started (min over rows: first input read)
     ("perf_decode_cpu_s", pa.float64()),   # decode CPU seconds (fetch, decode, resample, plan)
+    ("perf_decode_node", pa.string()),     # the Ray node that decoded the row
 ]
 ASR_PERF = [
     ("perf_asr_busy_s", pa.float64()),     # wall seconds inside backend calls
     ("perf_asr_cpu_s", pa.float64()),      # the actor's CPU seconds outside backend calls
-    ("perf_actor", pa.string()),           # host:pid of the ASR actor
+    ("perf_actor", pa.string()),           # node/host:pid of the ASR actor
     ("perf_actor_started", pa.float64()),  # it began loading its model
     ("perf_actor_ready", pa.float64()),    # its model was loaded
     ("perf_call_first", pa.float64()),     # its batch's first model call began
     ("perf_call_last", pa.float64()),      # its batch's last model call ended
 ]
 PERF_COLUMNS = tuple(name for name, _ in DECODE_PERF + ASR_PERF)
+DECODE_PERF_COLUMNS = tuple(name for name, _ in DECODE_PERF)
 
 # Decoded rows: 16 kHz mono 16-bit PCM plus planned segment boundaries (sample offsets).
 DECODED_SCHEMA = pa.schema([

@@ -13,7 +13,7 @@ def init_ray(address: str | None = None) -> bool:
     """Join `address` (or RAY_ADDRESS, as under `ray job submit`) or start a local cluster on
     loopback. True if this call started a local cluster (the caller shuts it down)."""
     address = address or os.environ.get("RAY_ADDRESS")
-    if not address:
+    if not address or address.split("://")[-1].split(":")[0] in ("127.0.0.1", "localhost"):
         # keep every connection of a local cluster on 127.0.0.1 (design.md: environment facts); Ray
         # reads this once, when it is first imported, so it must be set before `import ray`
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")

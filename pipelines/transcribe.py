@@ -122,7 +122,7 @@ def describe(cfg: JobConfig, info: dict, source: sources.Source, units: pa.Table
              "actors": a.num_actors if not a.max_actors else f"{a.num_actors}..{a.max_actors}",
              "num_gpus_per_actor": a.num_gpus, "num_cpus_per_actor": a.num_cpus,
              "files_per_batch": a.files_per_batch, "segments_per_model_call": a.batch_size,
-             "max_tasks_in_flight_per_actor": a.max_tasks_in_flight_per_actor},
+             "concurrent_batches_per_actor": a.concurrent_batches, "max_tasks_in_flight_per_actor": a.tasks_in_flight},
             {"stage": "write", "kind": "ray tasks", "num_cpus": cfg.write.num_cpus,
              "format": f"parquet ({cfg.write.compression})", "rows_per_file": cfg.write.rows_per_file},
         ],
@@ -195,7 +195,7 @@ def build(cfg: JobConfig, info: dict, source: sources.Source, units: pa.Table):
         batch_format="pyarrow", num_cpus=cfg.asr.num_cpus, num_gpus=cfg.asr.num_gpus or None,
         compute=ray.data.ActorPoolStrategy(
             min_size=cfg.asr.num_actors, max_size=cfg.asr.max_actors or cfg.asr.num_actors,
-            max_tasks_in_flight_per_actor=max(cfg.asr.max_tasks_in_flight_per_actor, cfg.asr.concurrent_batches),
+            max_tasks_in_flight_per_actor=cfg.asr.tasks_in_flight,
             max_concurrent_calls_per_actor=cfg.asr.concurrent_batches,
             enable_true_multi_threading=cfg.asr.concurrent_batches > 1))
     ds = ds.map_batches(

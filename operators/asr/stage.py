@@ -27,9 +27,9 @@ from operators.asr import load_backend
 from operators.asr.base import (TRANSLATE, TaskError, TaskSpec, accepts_tasks, capabilities, check_task,
                                 normalize_keywords, normalize_language, parse_task)
 from operators.config import SAMPLE_RATE, JobConfig
-from operators.decode import from_pcm16
+from operators.decode import from_pcm16, ray_node_id
 from operators.metrics import JobMetrics
-from operators.schema import ASR_OUT_SCHEMA, ERROR, OK, error_text
+from operators.schema import ASR_OUT_SCHEMA, DECODE_PERF_COLUMNS, ERROR, OK, error_text
 from operators.segment import stitch
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class ASRStage:
     def __init__(self, cfg: JobConfig):
         self.cfg = cfg
         self.started_at = time.time()
-        self.actor = f"{socket.gethostname()}:{os.getpid()}"
+        self.actor = f"{ray_node_id() or 'local'}/{socket.gethostname()}:{os.getpid()}"
         self._model_lock = threading.Lock()
         self._local = threading.local()
         try:
@@ -173,7 +173,7 @@ class ASRStage:
                 "model": self.backend.model_id, "model_revision": self.backend.revision,
                 "backend": self.backend.name, "status": r["status"], "error": r["error"],
                 "ctc_text": None, "agreement": None, "loop_suspected": None, "processed_at": now,
-                "perf_read_at": r.get("perf_read_at"), "perf_decode_cpu_s": r.get("perf_decode_cpu_s"),
+                **{k: r.get(k) for k in DECODE_PERF_COLUMNS},
             }
             if r["status"] == OK and i in task_errors:
                 rec.update(status=ERROR, error=error_text("task", str(task_errors[i])))
