@@ -11,9 +11,11 @@ of the templated prompt becomes `audio_embed_size(n)` = ceil(((n // 160 + 1) // 
 (window // downsample) audio tokens (3 * ceil(frames / 15) for the released model, ~10 per second).
 
 Batch invariance: transformers' own batch path zero-pads the audio and its encoder has no mask, so a
-clip's transcript depends on what it is batched with. Here the encoder + projector run on each clip
-alone; only the language model is batched (left padding, attention mask, positions from the mask),
-so greedy output is the same whatever the batch (token-identical on CPU float32, see the tests).
+clip's transcript depends on what it is batched with. Here the encoder + projector run on the whole
+batch with padding masked out (operators.asr.conformer: the masked conformer granite-nar uses; each
+clip gets the audio tokens it gets alone), and the language model is batched with left padding, an
+attention mask and positions from the mask, so greedy output is the same whatever the batch
+(token-identical on CPU float32, see the tests). `batched_encoder: false` runs the encoder per clip.
 
 Generation is greedy and deterministic and, by default, gives what the model card's recipe gives
 clip for clip: chat-template prompt, `<|audio|>` expanded, greedy, max_new_tokens 200 for a clip of up
@@ -72,6 +74,7 @@ OPTIONS = {
     "repeat_min_repeats": 4,            # ... a run of at least this many copies of one n-gram
     "repeat_min_span": 24,              # ... of at most repeat_max_period tokens, spanning this many
     "no_repeat_ngram_size": 0,          # transformers' hard n-gram ban (0: off)
+    "batched_encoder": True,            # encoder + projector on the whole batch, padding masked out
     "attn_implementation": None,        # transformers' choice (sdpa) unless set
 }
 
@@ -326,6 +329,23 @@ class GraniteARBackend:
             out = self.model.get_audio_features(feats[None].to(self.dtype), return_dict=True)
         return out.pooler_output[0]
 
+    def encode_batch(self, audios: Sequence[np.ndarray]) -> list:
+        """Encoder + projector for many clips in one batch, padding masked out (operators.asr.conformer):
+        each clip's audio tokens are those `encode` gives it alone."""
+        from operators.asr import conformer
+        from operators.asr.features import log_mel
+
+        torch = self.torch
+        feats = [log_mel(torch.as_tensor(np.asarray(a, np.float32)).to(self.device), "ar") for a in audios]
+        lengths = torch.tensor([f.shape[0] for f in feats], device=self.device)
+        batch = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).to(self.dtype)
+        model = self.model.model
+        with torch.inference_mode():
+            hidden = conformer.ctc_encoder(model.encoder, batch, lengths)
+            projected = model.projector(hidden)
+        window, rate = self.window_size, self.downsample_rate
+        return [projected[i, :math.ceil(int(n) / window) * (window // rate)] for i, n in enumerate(lengths)]
+
     def generate(self, prompts: list[list[int]], audio: list,
                  budgets: list[int]) -> list[tuple[list[int], str]]:
         """Batched greedy generation: prompt ids (audio tokens expanded), each row's audio embeddings and
@@ -400,11 +420,19 @@ class GraniteARBackend:
                                      f"{self.max_clip_s:g} s limit; lower segment.max_segment_s")
                 if audio_embed_size(n, self.window_size, self.downsample_rate) == 0:
                     raise ValueError(f"clip of {n} samples is too short for the encoder")
-                embeds[i] = self.encode(audio)
             except Exception as e:  # noqa: BLE001 - this clip only
                 results[i] = e
                 continue
+            embeds[i] = None
             jobs += [(i, kind) for kind in spec.parts]
+        if embeds:  # one masked batch for the encoder + projector (per clip with batched_encoder: false)
+            ready = list(embeds)
+            if self.options["batched_encoder"]:
+                for i, e in zip(ready, self.encode_batch([audios[i] for i in ready])):
+                    embeds[i] = e
+            else:
+                for i in ready:
+                    embeds[i] = self.encode(audios[i])
         if jobs:
             generated = self.generate(
                 [self.prompt_ids(kind, specs[i], embeds[i].shape[0]) for i, kind in jobs],

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from operators.asr import conformer
 from operators.asr.granite_nar import attention
 from operators.asr.granite_nar.config import NarConfig
 
@@ -115,55 +116,12 @@ class ConformerEncoder(nn.Module):
     def reset_buffers(self, device) -> None:
         self.attention_dists = self._dists(device)
 
-    # one conformer block, padding-aware -------------------------------------------------------
-    def _attention(self, attn, x: torch.Tensor, key_drop: torch.Tensor | None) -> torch.Tensor:
-        x = attn.pre_norm(x)
-        b, t, _ = x.shape
-        c = attn.context_size
-        m = math.ceil(t / c)
-        if m * c > t:
-            x = F.pad(x, (0, 0, 0, m * c - t))
-        q = attn.to_q(x)
-        k, v = attn.to_kv(x).chunk(2, dim=-1)
-        q, k, v = (z.reshape(b * m, c, attn.num_heads, attn.dim_head).transpose(1, 2) for z in (q, k, v))
-        rel = attn.rel_pos_emb(self.attention_dists)                      # (c, c, d)
-        bias = torch.einsum("bhcd,crd->bhcr", q, rel) * attn.scale        # Shaw relative positions
-        if key_drop is not None:
-            bias = bias.masked_fill(key_drop, torch.finfo(bias.dtype).min)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=attn.scale)
-        out = out.transpose(1, 2).reshape(b, m * c, -1)[:, :t]
-        return attn.to_out(out)
-
-    @staticmethod
-    def _conv(conv, x: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
-        x = conv.up_conv(conv.norm(x).transpose(1, 2))
-        x = conv.glu(x)
-        if pad is not None:  # padded frames are zeros for the depthwise conv, as for a lone clip
-            x = x.masked_fill(pad.unsqueeze(1), 0.0)
-        x = conv.depth_conv(x)
-        x = conv.silu(conv.batch_norm(x))
-        return conv.down_conv(x).transpose(1, 2)
-
+    # one conformer block, padding-aware (operators.asr.conformer) --------------------------------
     def _block(self, blk, x, pad, key_drop):
-        x = 0.5 * blk.ff1(x) + x
-        x = self._attention(blk.attn, x, key_drop) + x
-        x = self._conv(blk.conv, x, pad) + x
-        x = 0.5 * blk.ff2(x) + x
-        x = blk.post_norm(x)
-        return x if pad is None else x.masked_fill(pad.unsqueeze(-1), 0.0)
+        return conformer.conformer_block(blk, x, pad, key_drop, self.attention_dists)
 
     def _key_drop(self, valid: torch.Tensor) -> torch.Tensor | None:
-        """(B*M, 1, 1, C) True where a key is padding: batch padding or the zeros that fill the last
-        block up to context_size (IBM masks those too). Blocks with no valid frame keep all keys, so
-        no row is fully masked: their outputs are padding, zeroed after the block."""
-        b, t = valid.shape
-        c = self.config.encoder_config.context_size
-        m = math.ceil(t / c)
-        if m * c == t and bool(valid.all()):
-            return None
-        v = F.pad(valid, (0, m * c - t), value=False).view(b * m, c)
-        drop = ~v & v.any(dim=-1, keepdim=True)
-        return drop.view(b * m, 1, 1, c)
+        return conformer.key_drop(valid, self.config.encoder_config.context_size)
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
         cfg = self.config
