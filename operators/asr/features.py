@@ -95,11 +95,23 @@ def log_mel(audio: torch.Tensor | np.ndarray, variant: Variant = "nar") -> torch
     return logmel.reshape(-1, 2 * N_MELS)
 
 
+def device_clips(audios: Sequence[torch.Tensor | np.ndarray], device: str | torch.device = "cpu") -> list[torch.Tensor]:
+    """Clips as float32 tensors on `device`. On CUDA the clips go up in one copy from one pinned host
+    buffer (non-blocking, so the host goes on preparing while the copy runs), then split on the GPU."""
+    device = torch.device(device)
+    if device.type != "cuda" or not audios:
+        return [torch.as_tensor(np.asarray(a, np.float32) if not isinstance(a, torch.Tensor) else a).to(device)
+                for a in audios]
+    host = [np.asarray(a, np.float32) for a in audios]
+    flat = torch.from_numpy(np.concatenate(host)).pin_memory()
+    return list(flat.to(device, non_blocking=True).split([len(a) for a in host]))
+
+
 def batch_features(audios: Sequence[torch.Tensor | np.ndarray], variant: Variant = "nar",
                    device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Clips -> (features (B, T_max, 160) zero-padded, lengths (B,) in frames), each clip computed
-    on its own (on `device`)."""
-    feats = [log_mel(torch.as_tensor(a).to(device), variant) for a in audios]
+    on its own, on `device` (the features are computed there: only PCM crosses to the GPU)."""
+    feats = [log_mel(a, variant) for a in device_clips(audios, device)]
     lengths = torch.tensor([f.shape[0] for f in feats], dtype=torch.long, device=device)
     if not feats:
         return torch.zeros((0, 0, 2 * N_MELS), device=device), lengths

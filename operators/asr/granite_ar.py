@@ -333,10 +333,10 @@ class GraniteARBackend:
         """Encoder + projector for many clips in one batch, padding masked out (operators.asr.conformer):
         each clip's audio tokens are those `encode` gives it alone."""
         from operators.asr import conformer
-        from operators.asr.features import log_mel
+        from operators.asr.features import device_clips, log_mel
 
         torch = self.torch
-        feats = [log_mel(torch.as_tensor(np.asarray(a, np.float32)).to(self.device), "ar") for a in audios]
+        feats = [log_mel(a, "ar") for a in device_clips(audios, self.device)]
         lengths = torch.tensor([f.shape[0] for f in feats], device=self.device)
         batch = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).to(self.dtype)
         model = self.model.model
