@@ -254,6 +254,21 @@ class RayConfig(_Section):
     progress_bars: bool = Field(True, description="Ray Data progress bars.")
 
 
+class RetryConfig(_Section):
+    attempts: int = Field(8, ge=1, description="Tries per object for transient storage errors (connection "
+                          "refused/reset, timeouts, 5xx, 503 SlowDown, 429), the first included.")
+    base_delay_s: float = Field(0.5, ge=0, description="Backoff: a retry waits uniform(0, min(max_delay_s, "
+                                "base_delay_s * 2**retry)) seconds (full jitter).")
+    max_delay_s: float = Field(15.0, ge=0, description="Longest single wait between tries.")
+    budget_s: float = Field(90.0, ge=0, description="Stop retrying an object this long after its first try; "
+                            "a fetch still failing is a `transient` error row that a plain re-run retries.")
+
+    def policy(self):
+        from operators.retry import RetryPolicy
+
+        return RetryPolicy(self.attempts, self.base_delay_s, self.max_delay_s, self.budget_s)
+
+
 class JobConfig(_Section):
     name: str = Field("transcribe", description="Job name, recorded in the summary.")
     input: InputConfig = Field(default_factory=InputConfig)
@@ -264,6 +279,7 @@ class JobConfig(_Section):
     write: WriteConfig = Field(default_factory=WriteConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
 
     def redacted(self) -> dict[str, Any]:
         """The config as a dict with storage credentials hidden (safe to print and log)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import struct
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,7 @@ import soxr
 
 from operators import storage
 from operators.config import SAMPLE_RATE, DecodeConfig, JobConfig
+from operators.retry import TRANSIENT_KIND, RetriesExhausted
 from operators.schema import DECODED_SCHEMA, ERROR, OK, TASK_COLUMNS, error_text
 from operators.segment import plan_segments
 
@@ -249,8 +251,9 @@ def decode_batch(batch: pa.Table, cfg: JobConfig) -> pa.Table:
     read_at, cpu0 = time.time(), time.process_time()
     rows = batch.to_pylist()
     need = [i for i, r in enumerate(rows) if r["audio_bytes"] is None and not r.get("source_error")]
+    retries: Counter = Counter()
     fetched = dict(zip(need, storage.fetch_many([rows[i]["source_uri"] for i in need],
-                                                cfg.input.storage_options)))
+                                                cfg.input.storage_options, cfg.retry.policy(), retries)))
     out = []
     for i, r in enumerate(rows):
         rec = {k: r.get(k) for k in ("audio_id", "source_uri", "source_version", "reference", "language",
@@ -260,6 +263,8 @@ def decode_batch(batch: pa.Table, cfg: JobConfig) -> pa.Table:
             if r.get("source_error"):
                 raise AudioError("source", r["source_error"])
             data = fetched.get(i, r["audio_bytes"])
+            if isinstance(data, RetriesExhausted):  # a re-run retries it: not done
+                raise AudioError(TRANSIENT_KIND, f"fetch: {data}")
             if isinstance(data, Exception):
                 raise AudioError("fetch", f"{type(data).__name__}: {data}")
             audio = decode_audio(data, cfg.decode)
@@ -273,6 +278,7 @@ def decode_batch(batch: pa.Table, cfg: JobConfig) -> pa.Table:
         out.append(rec)
     cpu = (time.process_time() - cpu0) / max(1, len(out))
     node = ray_node_id()
-    for rec in out:
-        rec.update(perf_read_at=read_at, perf_decode_cpu_s=cpu, perf_decode_node=node)
+    for k, rec in enumerate(out):  # the block's retries on its first row: sums stay right
+        rec.update(perf_read_at=read_at, perf_decode_cpu_s=cpu, perf_decode_node=node,
+                   perf_fetch_retries=retries["fetch"] if k == 0 else 0)
     return pa.Table.from_pylist(out, schema=DECODED_SCHEMA)

@@ -76,7 +76,7 @@ def block_perf(perf: pa.Table | None, write_cpu_s: float = 0.0) -> dict:
         return float(sum(r.get(name) or 0.0 for r in rows))
 
     out.update(decode_cpu_s=total("perf_decode_cpu_s"), asr_busy_s=total("perf_asr_busy_s"),
-               asr_cpu_s=total("perf_asr_cpu_s"))
+               asr_cpu_s=total("perf_asr_cpu_s"), fetch_retries=int(total("perf_fetch_retries")))
     out["decode_nodes"] = sorted({r["perf_decode_node"] for r in rows if r.get("perf_decode_node")})
     reads = [r["perf_read_at"] for r in rows if r.get("perf_read_at")]
     if reads:
@@ -95,7 +95,7 @@ def block_perf(perf: pa.Table | None, write_cpu_s: float = 0.0) -> dict:
 
 
 def block_stats(table: pa.Table, path: str | None, perf: pa.Table | None = None,
-                write_cpu_s: float = 0.0) -> pa.Table:
+                write_cpu_s: float = 0.0, write_retries: int = 0) -> pa.Table:
     rows = table.select([c for c in ("status", "error", "duration_s", "segments", "text", "reference",
                                      "language") if c in table.column_names]).to_pylist()
     errors = Counter(error_kind(r["error"]) for r in rows if r["status"] != OK)
@@ -113,7 +113,7 @@ def block_stats(table: pa.Table, path: str | None, perf: pa.Table | None = None,
         "segments": sum(len(r.get("segments") or []) for r in rows),
         "errors": json.dumps(dict(errors), sort_keys=True),
         "wer_errors": werr, "wer_words": words, "wer_files": wfiles,
-        "perf": json.dumps(block_perf(perf, write_cpu_s)),
+        "perf": json.dumps({**block_perf(perf, write_cpu_s), "write_retries": write_retries}),
     }], schema=STATS_SCHEMA)
 
 
@@ -145,7 +145,7 @@ class Summary:
             self._add_perf(json.loads(r.get("perf") or "{}"))
 
     def _add_perf(self, p: dict) -> None:
-        for k in ("decode_cpu_s", "asr_cpu_s", "write_cpu_s", "asr_busy_s"):
+        for k in ("decode_cpu_s", "asr_cpu_s", "write_cpu_s", "asr_busy_s", "fetch_retries", "write_retries"):
             self.cpu[k] += p.get(k, 0.0)
         self.decode_nodes.update(p.get("decode_nodes") or ())
         if p.get("read_first"):
@@ -212,6 +212,7 @@ class Summary:
             "wer_files": self.wer_files,
             "wer_reference_words": self.wer_words,
             "parquet_files_written": self.parts,
+            "retries": {"fetch": int(self.cpu["fetch_retries"]), "write": int(self.cpu["write_retries"])},
             **self.feeding(extra.pop("job_started", None)),
             **extra,
         }
@@ -229,7 +230,8 @@ def format_summary(s: dict) -> str:
             "duplicate_ids_dropped", "files", "ok", "errors", "errors_by_kind", "audio_hours",
             "segments", "wall_seconds", "rtfx", "pipeline_wall_seconds", "model_busy_seconds",
             "model_busy_fraction", "first_model_call_after_first_read_s",
-            "last_file_written_after_last_model_call_s", "cpu_seconds_per_audio_hour", "wer", "wer_files",
+            "last_file_written_after_last_model_call_s", "cpu_seconds_per_audio_hour", "retries", "wer",
+            "wer_files",
             "parquet_files_written", "output"]
     width = max(len(k) for k in keys)
     lines = ["=" * (width + 40)]

@@ -36,6 +36,7 @@ DECODE_PERF = [
     ("perf_read_at", pa.float64()),        # the decode batch started (min over rows: first input read)
     ("perf_decode_cpu_s", pa.float64()),   # decode CPU seconds (fetch, decode, resample, plan)
     ("perf_decode_node", pa.string()),     # the Ray node that decoded the row
+    ("perf_fetch_retries", pa.int64()),    # transient fetch failures retried for this block, spread
 ]
 ASR_PERF = [
     ("perf_asr_busy_s", pa.float64()),     # wall seconds inside backend calls

@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Any
 
 import fsspec
 from fsspec.core import url_to_fs
+
+from operators.retry import RetriesExhausted, RetryPolicy, is_transient
+
+
+class OutputError(RuntimeError):
+    """The output location refuses writes (permanently, or past the retry budget): the job cannot go
+    on. One line; pipelines.transcribe ends the job with it."""
 
 
 def filesystem(uri: str, storage_options: dict[str, Any] | None = None):
@@ -149,10 +158,38 @@ def _read_arrow(fs, path: str) -> bytes | Exception:
         return e
 
 
-def fetch_many(uris: list[str], storage_options: dict[str, Any] | None = None) -> list[bytes | Exception]:
+def fetch_many(uris: list[str], storage_options: dict[str, Any] | None = None,
+               retry: RetryPolicy | None = None, retries: Counter | None = None) -> list[bytes | Exception]:
     """Fetch whole objects concurrently; per-URI exceptions are returned, not raised, so one missing
-    object never fails the batch. s3:// goes through pyarrow's S3 client where it can (threads in
-    C++), everything else through fsspec's batched cat."""
+    object never fails the batch. Transient failures (operators.retry) are fetched again, all still
+    failing ones together, with backoff and jitter within `retry`'s budget; one that outlives it comes
+    back as RetriesExhausted. `retries["fetch"]` counts the retried fetches."""
+    results = _fetch_once(uris, storage_options)
+    if retry is None:
+        return results
+    start = time.monotonic()
+    attempt = 0
+    while True:
+        pending = [i for i, r in enumerate(results) if isinstance(r, Exception) and is_transient(r)]
+        if not pending:
+            return results
+        attempt += 1
+        wait = retry.delay(attempt - 1)
+        elapsed = time.monotonic() - start
+        if attempt >= retry.attempts or elapsed + wait > retry.budget_s:
+            for i in pending:
+                results[i] = RetriesExhausted(results[i], attempt, elapsed)
+            return results
+        time.sleep(wait)
+        if retries is not None:
+            retries["fetch"] += len(pending)
+        for i, r in zip(pending, _fetch_once([uris[i] for i in pending], storage_options)):
+            results[i] = r
+
+
+def _fetch_once(uris: list[str], storage_options: dict[str, Any] | None = None) -> list[bytes | Exception]:
+    """One concurrent fetch of every URI. s3:// goes through pyarrow's S3 client where it can (threads
+    in C++), everything else through fsspec's batched cat."""
     if not uris:
         return []
     if all(protocol_of(u) in ("s3", "s3a") for u in uris):

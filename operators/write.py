@@ -14,12 +14,18 @@ import re
 import time
 import uuid
 
+from collections import Counter
+
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from operators import storage
 from operators.metrics import JobMetrics
 from operators.report import block_stats
+from operators.retry import TRANSIENT_KIND, RetryPolicy
+from operators.retry import call as retry_call
+from operators.storage import OutputError
 from operators.schema import OUTPUT_SCHEMA, PERF_COLUMNS
 
 SUMMARY_NAME = "_summary.json"
@@ -63,8 +69,39 @@ def read_columns(out_dir: str, columns: list[str], storage_options: dict | None 
 
 
 def done_ids(out_dir: str, storage_options: dict | None = None) -> pa.Array:
-    """audio_ids already written under a version directory (empty if none)."""
-    return read_columns(out_dir, ["audio_id"], storage_options)["audio_id"].combine_chunks()
+    """audio_ids already written under a version directory (empty if none), except rows whose error
+    is `transient` (a fetch that outlived its retry budget): a re-run retries those."""
+    t = read_columns(out_dir, ["audio_id", "error"], storage_options)
+    if t.num_rows:
+        t = t.filter(pc.invert(pc.fill_null(pc.starts_with(t["error"], TRANSIENT_KIND + ":"), False)))
+    return t["audio_id"].combine_chunks()
+
+
+def drop_transient_rows(out_dir: str, storage_options: dict | None = None) -> int:
+    """Before a re-run: take `transient` error rows out of the files that hold them, so the rows the
+    re-run writes for those ids are the only ones. Each such file is deleted, then written again
+    without them under its new name: a crash in between loses no transcript for good (the ids it held
+    are then missing, and the next run redoes them). Returns how many rows were taken out."""
+    fs, path = storage.filesystem(out_dir, storage_options)
+    if not fs.exists(path):
+        return 0
+    removed = 0
+    for f in storage.list_files(out_dir, storage_options, extensions=(".parquet",)):
+        fpath = storage.filesystem(f, storage_options)[1]
+        with fs.open(fpath, "rb") as fh:
+            errors = pq.read_table(fh, columns=["error"])["error"]
+        transient = pc.fill_null(pc.starts_with(errors, TRANSIENT_KIND + ":"), False)
+        n = pc.sum(transient).as_py() or 0
+        if not n:
+            continue
+        with fs.open(fpath, "rb") as fh:
+            table = pq.read_table(fh)
+        keep = table.filter(pc.invert(transient))
+        fs.rm(fpath)
+        if keep.num_rows:
+            write_table(keep, storage.join(out_dir, part_name(keep["audio_id"].to_pylist())), storage_options)
+        removed += n
+    return removed
 
 
 def clear(out_dir: str, storage_options: dict | None = None) -> int:
@@ -79,8 +116,16 @@ def clear(out_dir: str, storage_options: dict | None = None) -> int:
 
 
 def write_table(table: pa.Table, uri: str, storage_options: dict | None = None,
-                compression: str = "zstd") -> None:
-    """Write a Parquet file so that it appears complete or not at all."""
+                compression: str = "zstd", retry: RetryPolicy | None = None,
+                retries: Counter | None = None) -> None:
+    """Write a Parquet file so that it appears complete or not at all; transient failures are retried
+    per `retry` (counted in retries["write"])."""
+    if retry is not None:
+        def again(_error):
+            if retries is not None:
+                retries["write"] += 1
+        retry_call(lambda: write_table(table, uri, storage_options, compression), retry, again)
+        return
     fs, path = storage.filesystem(uri, storage_options)
     parent = path.rsplit("/", 1)[0]
     fs.makedirs(parent, exist_ok=True)
@@ -102,7 +147,7 @@ def write_json(obj: dict, uri: str, storage_options: dict | None = None) -> None
 
 
 def write_block(batch: pa.Table, out_dir: str, storage_options: dict | None = None,
-                compression: str = "zstd", job: str = "transcribe") -> pa.Table:
+                compression: str = "zstd", job: str = "transcribe", retry: RetryPolicy | None = None) -> pa.Table:
     """Ray Data stage (CPU tasks): write one block, return one small stats row for the report (with
     the block's timing: the perf_* columns, which are not written)."""
     cpu0 = time.process_time()
@@ -113,8 +158,14 @@ def write_block(batch: pa.Table, out_dir: str, storage_options: dict | None = No
         return block_stats(batch, None)
     table = batch.cast(OUTPUT_SCHEMA) if batch.schema != OUTPUT_SCHEMA else batch
     uri = storage.join(out_dir, part_name(table["audio_id"].to_pylist()))
-    write_table(table, uri, storage_options, compression)
-    stats = block_stats(table, uri, perf, write_cpu_s=time.process_time() - cpu0)
+    retries: Counter = Counter()
+    try:
+        write_table(table, uri, storage_options, compression, retry or RetryPolicy(), retries)
+    except Exception as e:  # noqa: BLE001 - the output refuses writes: the job cannot go on
+        raise OutputError(f"cannot write {uri} ({type(e).__name__}: {' '.join(str(e).split())[:200]}); fix "
+                          "the output location (permissions, credentials, bucket) and run the same "
+                          "command again: files already written are kept") from None
+    stats = block_stats(table, uri, perf, write_cpu_s=time.process_time() - cpu0, write_retries=retries["write"])
     s = stats.to_pylist()[0]
     JobMetrics(job).written(s["ok"], s["files"] - s["ok"], s["audio_s"])
     return stats

@@ -78,10 +78,10 @@ def actor_failure(error: BaseException) -> str | None:
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        if isinstance(e, BackendLoadError):
+        if isinstance(e, (BackendLoadError, storage.OutputError)):
             return str(e).splitlines()[0]
         todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
-    found = re.search(r"BackendLoadError: (.+)", str(error))
+    found = re.search(r"(?:BackendLoadError|OutputError): (.+)", str(error))
     return found.group(1).strip() if found else None
 
 
@@ -139,6 +139,7 @@ def build(cfg: JobConfig, info: dict, source: sources.Source, units: pa.Table):
     if cfg.output.overwrite or sel.mode == "all":
         info["removed_parquet_files"] = write.clear(info["output"], opts)
     else:
+        info["transient_rows_to_retry"] = write.drop_transient_rows(info["output"], opts)
         done = write.done_ids(info["output"], opts)
     info["skipped_already_done"] = 0
     info["select"] = sel.mode
@@ -201,7 +202,7 @@ def build(cfg: JobConfig, info: dict, source: sources.Source, units: pa.Table):
     ds = ds.map_batches(
         write.write_block, fn_kwargs={
             "out_dir": info["output"], "storage_options": cfg.output.storage_options,
-            "compression": cfg.write.compression, "job": cfg.name},
+            "compression": cfg.write.compression, "job": cfg.name, "retry": cfg.retry.policy()},
         batch_size=cfg.write.rows_per_file or None, batch_format="pyarrow", num_cpus=cfg.write.num_cpus)
     return ds
 
