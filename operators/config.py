@@ -255,12 +255,12 @@ class RayConfig(_Section):
 
 
 class RetryConfig(_Section):
-    attempts: int = Field(8, ge=1, description="Tries per object for transient storage errors (connection "
+    attempts: int = Field(30, ge=1, description="Tries per object for transient storage errors (connection "
                           "refused/reset, timeouts, 5xx, 503 SlowDown, 429), the first included.")
     base_delay_s: float = Field(0.5, ge=0, description="Backoff: a retry waits uniform(0, min(max_delay_s, "
                                 "base_delay_s * 2**retry)) seconds (full jitter).")
     max_delay_s: float = Field(15.0, ge=0, description="Longest single wait between tries.")
-    budget_s: float = Field(90.0, ge=0, description="Stop retrying an object this long after its first try; "
+    budget_s: float = Field(120.0, ge=0, description="Stop retrying an object this long after its first try; "
                             "a fetch still failing is a `transient` error row that a plain re-run retries.")
 
     def policy(self):

@@ -50,10 +50,10 @@ def is_transient(error: BaseException) -> bool:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    attempts: int = 8            # tries per object, the first included
+    attempts: int = 30           # tries per object, the first included
     base_delay_s: float = 0.5    # backoff: uniform(0, min(max_delay_s, base * 2**retry))
     max_delay_s: float = 15.0
-    budget_s: float = 90.0       # stop retrying an object once this much time has passed since its first try
+    budget_s: float = 120.0      # stop retrying an object once this much time has passed since its first try
 
     def delay(self, retry: int, rng: random.Random | None = None) -> float:
         cap = min(self.max_delay_s, self.base_delay_s * (2 ** retry))

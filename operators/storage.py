@@ -50,6 +50,28 @@ def unstrip(path: str, like: str) -> str:
     return f"{proto}://{path}"
 
 
+def credential_source(storage_options: dict[str, Any] | None, where: str) -> str:
+    """Where the S3 credentials for `where` (input / output) come from, never the secret itself."""
+    opts = storage_options or {}
+    if opts.get("anon"):
+        return f"{where}.storage_options.anon (no credentials)"
+    if opts.get("key"):
+        key = str(opts["key"])
+        return f"{where}.storage_options.key (access key ...{key[-4:]})"
+    if os.environ.get("AWS_ACCESS_KEY_ID"):
+        return f"the environment (AWS_ACCESS_KEY_ID ...{os.environ['AWS_ACCESS_KEY_ID'][-4:]})"
+    if os.environ.get("AWS_PROFILE"):
+        return f"the AWS profile {os.environ['AWS_PROFILE']!r}"
+    return "the default AWS credential chain (shared credentials file, instance or pod role)"
+
+
+def is_auth_error(error: BaseException) -> bool:
+    text = f"{type(error).__name__}: {error}"
+    return isinstance(error, PermissionError) or any(w in text for w in (
+        "ACCESS_DENIED", "AccessDenied", "Access Denied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+        "403", "Forbidden", "ExpiredToken", "InvalidToken"))
+
+
 def read_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes:
     with fsspec.open(uri, "rb", **(storage_options or {})) as f:
         return f.read()

@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     nodes += [NodeSpec(args.cpu_per_gpu_node, 1) for _ in range(args.gpu_nodes)]
     with LocalCluster(nodes) as c:
         print(json.dumps({"address": c.address, "gpu_nodes": c.node_ids(gpu=True),
-                          "cpu_nodes": c.node_ids(gpu=False)}), flush=True)
+                          "cpu_nodes": c.node_ids(gpu=False),
+                          "raylet_pids": [c.raylet_pid(i) for i in range(len(c.nodes))]}), flush=True)
         print(f"RAY_ADDRESS={c.address} RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0  (Ctrl-C or SIGTERM stops it)",
               flush=True)
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))

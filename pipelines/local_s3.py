@@ -23,6 +23,7 @@ from pathlib import Path
 
 ACCESS_KEY = "local-access-key"
 SECRET_KEY = "local-secret-key-0123456789"
+READ_ONLY_KEY, READ_ONLY_SECRET = "readonlyaccess", "readonlysecret0"   # an identity that may only read
 REGION = "us-east-1"
 SERVICES = ("master", "volume", "filer", "s3")
 
@@ -71,18 +72,21 @@ class LocalS3:
                                                                            "region_name": REGION}}
 
     def start(self) -> "LocalS3":
-        used: set[int] = set()
-        for name in SERVICES:
-            port = _free_port_pair()
-            while port in used or port + 10000 in used:
+        if not self.ports:  # a restart keeps its ports (and its data directory)
+            used: set[int] = set()
+            for name in SERVICES:
                 port = _free_port_pair()
-            used.update({port, port + 10000})
-            self.ports[name] = port
+                while port in used or port + 10000 in used:
+                    port = _free_port_pair()
+                used.update({port, port + 10000})
+                self.ports[name] = port
         (self.data_dir / "data").mkdir(parents=True, exist_ok=True)
         identities = self.data_dir / "s3.json"
-        identities.write_text(json.dumps({"identities": [{
-            "name": "local", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+        identities.write_text(json.dumps({"identities": [
+            {"name": "local", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+             "actions": ["Admin", "Read", "Write", "List", "Tagging"]},
+            {"name": "reader", "credentials": [{"accessKey": READ_ONLY_KEY, "secretKey": READ_ONLY_SECRET}],
+             "actions": ["Read", "List"]}]}))
         cmd = [
             _weed_binary(), "server", f"-dir={self.data_dir / 'data'}", "-ip=127.0.0.1",
             "-ip.bind=127.0.0.1", "-master.volumeSizeLimitMB=64", "-volume.max=50", "-s3",
@@ -139,6 +143,14 @@ class LocalS3:
             fs.put(str(local) + "/", uri.removeprefix("s3://").rstrip("/") + "/", recursive=True)
         else:
             fs.put_file(str(local), uri.removeprefix("s3://"))
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would; data and ports stay for start()."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        if getattr(self, "_log", None):
+            self._log.close()
 
     def stop(self, timeout_s: float = 40.0) -> None:
         if self.proc and self.proc.poll() is None:

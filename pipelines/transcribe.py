@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 import yaml
 
-from operators import runs, selection, sources, storage, write
+from operators import retry, runs, selection, sources, storage, write
 from operators.asr import check_model, resolve_identity
 from operators.asr.checks import ModelCheckError
 from operators.asr.stage import ASRStage, BackendLoadError
@@ -218,7 +218,19 @@ def prepare(cfg: JobConfig, schedule_slot: str | None = None, check: bool = True
         info["schedule_slot"] = runs.resolve_slot(schedule_slot)
         info["run_id"] = runs.run_id(cfg, info["schedule_slot"])
     source = sources.make_source(cfg.input)
-    units = source.list_units()  # on the driver, before Ray starts: a bad input fails fast
+    try:
+        # on the driver, before Ray starts: a bad input fails fast; a storage hiccup is retried
+        units = retry.call(source.list_units, cfg.retry.policy())
+    except retry.RetriesExhausted as e:
+        raise sources.InputError(f"input {cfg.input.uri}: the storage did not answer ({e}); run the same "
+                                 "command again when it does") from None
+    except Exception as e:
+        if storage.protocol_of(cfg.input.uri) != "file" and storage.is_auth_error(e):
+            raise sources.InputError(
+                f"input {cfg.input.uri}: access denied with the credentials from "
+                f"{storage.credential_source(cfg.input.storage_options, 'input')}; check them (or "
+                "input.storage_options)") from None
+        raise
     return info, source, units
 
 

@@ -38,16 +38,19 @@ class Rule:
     kind: str                       # refuse | slowdown | stall | cut
     fraction: float = 1.0
     methods: tuple[str, ...] = ()   # () = any method
+    paths: tuple[str, ...] = ()     # substrings of the request target; () = any
     start: float = 0.0              # seconds after the rule was added
     end: float | None = None
     seconds: float = 5.0            # stall length
     added: float = field(default_factory=time.monotonic)
 
-    def fires(self, method: str, rng: random.Random) -> bool:
+    def fires(self, method: str, target: str, rng: random.Random) -> bool:
         age = time.monotonic() - self.added
         if age < self.start or (self.end is not None and age >= self.end):
             return False
         if self.methods and method not in self.methods:
+            return False
+        if self.paths and not any(p in target for p in self.paths):
             return False
         return rng.random() < self.fraction
 
@@ -147,10 +150,10 @@ class FaultProxy:
             self.rules.clear()
 
     # ------------------------------------------------------------------ serving
-    def _pick(self, method: str) -> Rule | None:
+    def _pick(self, method: str, target: str) -> Rule | None:
         with self._lock:
             for rule in self.rules:
-                if rule.fires(method, self._rng):
+                if rule.fires(method, target, self._rng):
                     self.counts[rule.kind] += 1
                     return rule
             self.counts["forwarded"] += 1
@@ -162,8 +165,9 @@ class FaultProxy:
                 head, headers, body = _read_message(rfile)
             except (ConnectionError, OSError, ValueError):
                 return
-            method = head.split(b" ", 1)[0].decode("latin-1")
-            rule = self._pick(method)
+            method, target = head.split(b" ", 2)[:2]
+            method, target = method.decode("latin-1"), target.decode("latin-1")
+            rule = self._pick(method, target)
             try:
                 if rule and rule.kind == "refuse":
                     client.close()
