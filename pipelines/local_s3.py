@@ -24,6 +24,8 @@ from pathlib import Path
 ACCESS_KEY = "local-access-key"
 SECRET_KEY = "local-secret-key-0123456789"
 READ_ONLY_KEY, READ_ONLY_SECRET = "readonlyaccess", "readonlysecret0"   # an identity that may only read
+# an identity with recognisable credentials, for tests that search logs for leaked secrets
+CANARY_KEY, CANARY_SECRET = "CANARYKEYZX81Q", "canary-secret-9f4c2e7b1d"
 REGION = "us-east-1"
 SERVICES = ("master", "volume", "filer", "s3")
 
@@ -86,7 +88,9 @@ class LocalS3:
             {"name": "local", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
              "actions": ["Admin", "Read", "Write", "List", "Tagging"]},
             {"name": "reader", "credentials": [{"accessKey": READ_ONLY_KEY, "secretKey": READ_ONLY_SECRET}],
-             "actions": ["Read", "List"]}]}))
+             "actions": ["Read", "List"]},
+            {"name": "canary", "credentials": [{"accessKey": CANARY_KEY, "secretKey": CANARY_SECRET}],
+             "actions": ["Read", "Write", "List"]}]}))
         cmd = [
             _weed_binary(), "server", f"-dir={self.data_dir / 'data'}", "-ip=127.0.0.1",
             "-ip.bind=127.0.0.1", "-master.volumeSizeLimitMB=64", "-volume.max=50", "-s3",
