@@ -13,6 +13,7 @@ import argparse
 import logging
 import math
 import re
+import resource
 import sys
 import time
 from typing import Any
@@ -261,6 +262,7 @@ def run(cfg: JobConfig, schedule_slot: str | None = None) -> dict:
             finally:
                 ray_data_log.removeFilter(quiet)
         result = summary.as_dict(time.time() - t0, job_started=t0, **info)  # excludes shutting Ray down
+        result["driver_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     write.write_json(result, storage.join(info["output"], write.SUMMARY_NAME), cfg.output.storage_options)
     if schedule_slot:
         runs.finish(info["output"], info["run_id"], info["schedule_slot"], result, cfg.output.storage_options)
