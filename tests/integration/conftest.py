@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -84,3 +88,20 @@ def put(s3: LocalS3, uri: str, data: bytes | str) -> None:
 
 def jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+@contextmanager
+def local_cluster_process(*args: str):
+    """`python -m pipelines.local_cluster ARGS` (a multi-node Ray cluster on 127.0.0.1) for the length of
+    a block: yields what it prints (address, gpu_nodes, cpu_nodes, raylet_pids), then stops it."""
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.local_cluster", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        yield json.loads(proc.stdout.readline())
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -13,26 +13,16 @@ import time
 
 import pytest
 
-from tests.integration.conftest import ROOT, clip_bytes, corpus, jsonl, put, read_output
+from tests.integration.conftest import ROOT, clip_bytes, corpus, jsonl, local_cluster_process, put, read_output
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def cluster(s3):
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.local_cluster", "--cpu-nodes", "2",
-                             "--cpu-per-node", "1", "--gpu-nodes", "1", "--cpu-per-gpu-node", "1"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            start_new_session=True)
-    try:
-        yield json.loads(proc.stdout.readline())
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+    with local_cluster_process("--cpu-nodes", "2", "--cpu-per-node", "1", "--gpu-nodes", "1",
+                               "--cpu-per-gpu-node", "1") as info:
+        yield info
 
 
 def _start_job(cluster, s3, prefix) -> tuple[subprocess.Popen, list[str]]:
@@ -90,7 +80,9 @@ def test_the_asr_actor_killed_mid_run(cluster, s3, prefix):
     _wait_for_output(s3, prefix, proc)
     pids = subprocess.run(["pgrep", "-f", r"MapBatches\(ASRStage\)"], capture_output=True, text=True).stdout.split()
     assert pids, "no ASR actor process found"
+    killed = time.time()
     for pid in pids:
         os.kill(int(pid), signal.SIGKILL)
     summary = _finish(proc, s3, prefix, ids)
     assert summary["ok"] == len(ids)
+    print(f"ASR actor killed: job ended {time.time() - killed:.1f} s later")

@@ -54,6 +54,7 @@ def test_thirty_percent_of_gets_answered_503_slowdown(s3, ray_cluster, prefix):
         assert proxy.counts["slowdown"] > 20                  # the faults really hit the job
     _exactly_once_all_ok(s3, result["output"], ids)
     assert result["ok"] == len(ids) and result["errors"] == 0
+    print(f"30% SlowDown: {dict(proxy.counts)}, job {result['wall_seconds']:.1f} s, retries {result['retries']}")
 
 
 def test_s3_server_down_for_20_s_mid_run(s3, ray_cluster, prefix):
@@ -90,6 +91,9 @@ def test_s3_server_down_for_20_s_mid_run(s3, ray_cluster, prefix):
     out = _exactly_once_all_ok(s3, result["output"], ids)
     assert max(r["processed_at"].timestamp() for r in out) > events["down"]   # work went on after it
     assert result["retries"]["fetch"] + result["retries"]["write"] > 0
+    print(f"S3 down {events['up'] - events['down']:.1f} s (20 s stopped + restart); job ended "
+          f"{result['wall_seconds'] - (events['up'] - events['down']):.1f} s of its {result['wall_seconds']:.1f} s "
+          f"outside the outage; retries {result['retries']}")
 
 
 def test_output_refusing_writes_fails_in_one_line_then_a_rerun_completes(s3, ray_cluster, prefix):

@@ -60,9 +60,14 @@ def _submit(address: str, auth: bool, *job: str) -> subprocess.CompletedProcess:
     env["RAY_AUTH_MODE"] = "token" if auth else "disabled"
     runtime_env = {"env_vars": {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
                                                            "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}}
-    return subprocess.run([f"{VENV_BIN}/ray", "job", "submit", "--address", address, "--working-dir", ".",
-                           "--runtime-env-json", json.dumps(runtime_env), "--", *job],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    deadline = time.time() + 120
+    while True:  # the job server answers before its agent is up: "No available agent ... try again later"
+        r = subprocess.run([f"{VENV_BIN}/ray", "job", "submit", "--address", address, "--working-dir", ".",
+                            "--runtime-env-json", json.dumps(runtime_env), "--", *job],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        if "No available agent" not in r.stdout + r.stderr or time.time() > deadline:
+            return r
+        time.sleep(3)
 
 
 def test_documented_submit_with_token_auth(head, s3, prefix):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,26 +13,17 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from tests.integration.conftest import local_cluster_process
+
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.local_cluster", "--cpu-nodes", "1",
-                             "--cpu-per-node", "2", "--gpu-nodes", "2", "--cpu-per-gpu-node", "1"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            start_new_session=True)
-    try:
-        info = json.loads(proc.stdout.readline())
+    with local_cluster_process("--cpu-nodes", "1", "--cpu-per-node", "2", "--gpu-nodes", "2",
+                               "--cpu-per-gpu-node", "1") as info:
         yield info
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def test_actors_on_gpu_nodes_decode_on_cpu_nodes(cluster, tmp_path):

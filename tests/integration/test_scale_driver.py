@@ -18,7 +18,10 @@ from tests.integration.conftest import ROOT
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROWS = 100_000
-DRIVER_RSS_BOUND_MIB = 600      # measured ~330 MiB on the 2-core box (2026-11-25)
+# the driver's private memory (summary: driver_peak_private_mib); measured on the 2-core box
+# (2026-11-25) about 300 MiB. Its peak RSS also counts object-store pages it touched: 332 MiB alone,
+# 988 MiB once inside the full suite, so RSS is reported, not bounded.
+DRIVER_PRIVATE_BOUND_MIB = 600
 
 
 def test_100k_row_manifest_keeps_the_driver_small(tmp_path):
@@ -40,4 +43,6 @@ def test_100k_row_manifest_keeps_the_driver_small(tmp_path):
     summary = json.loads(next(out.rglob("_summary.json")).read_text())
     assert summary["files"] == summary["ok"] == ROWS
     assert summary["parquet_files_written"] < 100          # write.rows_per_file: tens of files, not 400
-    assert summary["driver_peak_rss_mib"] < DRIVER_RSS_BOUND_MIB, summary["driver_peak_rss_mib"]
+    assert summary["driver_peak_private_mib"] < DRIVER_PRIVATE_BOUND_MIB, summary["driver_peak_private_mib"]
+    print(f"100k rows: driver private {summary['driver_peak_private_mib']:.0f} MiB, "
+          f"peak RSS {summary['driver_peak_rss_mib']:.0f} MiB, {summary['wall_seconds']:.0f} s")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from operators.asr.checks import ModelCheckError, header_shapes, read_json, weight_files
+from operators.asr.checks import ModelCheckError, describe_key_problems, header_shapes, read_json, weight_files
 from operators.asr.granite_nar.config import BpeLayoutError, NarConfig
 from operators.asr.granite_nar.modeling import GraniteSpeechNar
 
@@ -81,17 +81,11 @@ def check_keys(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int,
                optional: set[str] = frozenset()) -> None:
     missing = sorted(set(expected) - set(found) - set(optional))
     unexpected = sorted(set(found) - set(expected) - TIED_KEYS)
-    wrong = sorted(k for k in set(expected) & set(found) if tuple(expected[k]) != tuple(found[k]))
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s): {_fmt(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s): {_fmt(unexpected)}")
-    if wrong:
-        problems.append(f"{len(wrong)} key(s) with the wrong shape: " + _fmt(
-            [f"{k} {tuple(found[k])} != {tuple(expected[k])}" for k in wrong]))
-    if problems:
-        raise CheckpointError("checkpoint does not match the Granite Speech NAR model: " + "; ".join(problems)
+    wrong = sorted(f"{k} {tuple(found[k])} != {tuple(expected[k])}" for k in set(expected) & set(found)
+                   if tuple(expected[k]) != tuple(found[k]))
+    if missing or unexpected or wrong:
+        raise CheckpointError("checkpoint does not match the Granite Speech NAR model: "
+                              + describe_key_problems(missing, unexpected, wrong, limit=20)
                               + "; is asr.model.id a granite-speech-4.1-2b-nar checkpoint?")
 
 
