@@ -77,7 +77,7 @@ def prep_ray(uris: list[str], cfg: JobConfig) -> tuple[float, float, int]:
     import ray
 
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     cores = int(ray.cluster_resources()["CPU"])
     try:

@@ -30,7 +30,9 @@ def init_ray(address: str | None = None) -> bool:
                     "interface address instead of 127.0.0.1")
     # workers' output stays in the session's log folder: a failing actor is reported by the job as one
     # line instead of every retry's traceback echoed here (RAY_LOG_TO_DRIVER=1 echoes them)
-    ray.init(include_dashboard=False, _node_ip_address="127.0.0.1",
+    # address="local": always a new local cluster, never one named by a stale /tmp/ray/ray_current_cluster
+    # that an earlier `ray start` left behind (ray.init would try to join it and hang)
+    ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
              log_to_driver=os.environ.get("RAY_LOG_TO_DRIVER", "0") == "1")
     return True
 

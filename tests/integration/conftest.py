@@ -42,7 +42,7 @@ def s3():
 def ray_cluster(s3):
     import ray
 
-    ctx = ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", num_cpus=2,
+    ctx = ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", num_cpus=2,
                    log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ctx

@@ -29,12 +29,15 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def head(s3):
-    gcs, dash = _free_port(), _free_port()
+    # every port its own: the session's other local cluster already holds Ray's default agent ports
+    gcs, dash, agent, agent_grpc, runtime_env, metrics = (_free_port() for _ in range(6))
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen([f"{VENV_BIN}/ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
                              "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                             f"--dashboard-port={dash}", "--block"], env=env, cwd=ROOT,
+                             f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}",
+                             f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={runtime_env}",
+                             f"--metrics-export-port={metrics}", "--block"], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 90
     while time.time() < deadline:
