@@ -59,6 +59,14 @@ class RetryPolicy:
         cap = min(self.max_delay_s, self.base_delay_s * (2 ** retry))
         return (rng or random).uniform(0.0, cap)
 
+    def next_wait(self, tries: int, start: float) -> float | None:
+        """How long to wait before trying again after `tries` failed tries that began at `start`
+        (time.monotonic()), or None once the attempts or the budget are spent."""
+        wait = self.delay(tries - 1)
+        if tries >= self.attempts or time.monotonic() - start + wait > self.budget_s:
+            return None
+        return wait
+
 
 class RetriesExhausted(Exception):
     """A transient failure that outlived its retry budget; `.error` is the last one."""
@@ -72,18 +80,17 @@ class RetriesExhausted(Exception):
 def call(fn: Callable[[], T], policy: RetryPolicy, retried: Callable[[BaseException], None] | None = None) -> T:
     """fn() with transient failures retried per `policy`; a permanent failure is raised at once, a
     transient one that outlives the budget as RetriesExhausted. `retried(error)` is told each retry."""
-    start = time.monotonic()
-    for attempt in range(policy.attempts):
+    start, tries = time.monotonic(), 0
+    while True:
         try:
             return fn()
         except Exception as e:  # noqa: BLE001 - classified below
-            elapsed = time.monotonic() - start
             if not is_transient(e):
                 raise
-            wait = policy.delay(attempt)
-            if attempt + 1 >= policy.attempts or elapsed + wait > policy.budget_s:
-                raise RetriesExhausted(e, attempt + 1, elapsed) from e
+            tries += 1
+            wait = policy.next_wait(tries, start)
+            if wait is None:
+                raise RetriesExhausted(e, tries, time.monotonic() - start) from e
             if retried:
                 retried(e)
             time.sleep(wait)
-    raise AssertionError("unreachable")

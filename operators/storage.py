@@ -189,18 +189,16 @@ def fetch_many(uris: list[str], storage_options: dict[str, Any] | None = None,
     results = _fetch_once(uris, storage_options)
     if retry is None:
         return results
-    start = time.monotonic()
-    attempt = 0
+    start, tries = time.monotonic(), 0
     while True:
         pending = [i for i, r in enumerate(results) if isinstance(r, Exception) and is_transient(r)]
         if not pending:
             return results
-        attempt += 1
-        wait = retry.delay(attempt - 1)
-        elapsed = time.monotonic() - start
-        if attempt >= retry.attempts or elapsed + wait > retry.budget_s:
+        tries += 1
+        wait = retry.next_wait(tries, start)
+        if wait is None:
             for i in pending:
-                results[i] = RetriesExhausted(results[i], attempt, elapsed)
+                results[i] = RetriesExhausted(results[i], tries, time.monotonic() - start)
             return results
         time.sleep(wait)
         if retries is not None:
