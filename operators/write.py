@@ -68,40 +68,44 @@ def read_columns(out_dir: str, columns: list[str], storage_options: dict | None 
     return pa.concat_tables(tables) if tables else empty
 
 
+def _transient(errors: pa.ChunkedArray | pa.Array):
+    """True where a row's error is `transient` (a fetch that outlived its retry budget)."""
+    return pc.fill_null(pc.starts_with(errors, TRANSIENT_KIND + ":"), False)
+
+
 def done_ids(out_dir: str, storage_options: dict | None = None) -> pa.Array:
     """audio_ids already written under a version directory (empty if none), except rows whose error
-    is `transient` (a fetch that outlived its retry budget): a re-run retries those."""
+    is `transient`: a re-run retries those."""
     t = read_columns(out_dir, ["audio_id", "error"], storage_options)
-    if t.num_rows:
-        t = t.filter(pc.invert(pc.fill_null(pc.starts_with(t["error"], TRANSIENT_KIND + ":"), False)))
-    return t["audio_id"].combine_chunks()
+    return t.filter(pc.invert(_transient(t["error"])))["audio_id"].combine_chunks()
 
 
-def drop_transient_rows(out_dir: str, storage_options: dict | None = None) -> int:
-    """Before a re-run: take `transient` error rows out of the files that hold them, so the rows the
-    re-run writes for those ids are the only ones. Each such file is deleted, then written again
-    without them under its new name: a crash in between loses no transcript for good (the ids it held
-    are then missing, and the next run redoes them). Returns how many rows were taken out."""
+def resume(out_dir: str, storage_options: dict | None = None) -> tuple[pa.Array, int]:
+    """Before a re-run, in one pass over the version directory: (the ids that are done, as done_ids
+    gives them; the number of `transient` rows taken out). A file holding transient rows is deleted,
+    then written again without them under its new name, so the rows the re-run writes for those ids
+    are the only ones; a crash in between loses no transcript for good (its ids are then missing, and
+    the next run redoes them)."""
     fs, path = storage.filesystem(out_dir, storage_options)
+    empty = pa.array([], pa.string())
     if not fs.exists(path):
-        return 0
-    removed = 0
+        return empty, 0
+    done, removed = [], 0
     for f in storage.list_files(out_dir, storage_options, extensions=(".parquet",)):
         fpath = storage.filesystem(f, storage_options)[1]
         with fs.open(fpath, "rb") as fh:
-            errors = pq.read_table(fh, columns=["error"])["error"]
-        transient = pc.fill_null(pc.starts_with(errors, TRANSIENT_KIND + ":"), False)
+            t = pq.read_table(fh, columns=["audio_id", "error"])
+        transient = _transient(t["error"])
         n = pc.sum(transient).as_py() or 0
-        if not n:
-            continue
-        with fs.open(fpath, "rb") as fh:
-            table = pq.read_table(fh)
-        keep = table.filter(pc.invert(transient))
-        fs.rm(fpath)
-        if keep.num_rows:
-            write_table(keep, storage.join(out_dir, part_name(keep["audio_id"].to_pylist())), storage_options)
-        removed += n
-    return removed
+        if n:
+            with fs.open(fpath, "rb") as fh:
+                keep = pq.read_table(fh).filter(pc.invert(transient))
+            fs.rm(fpath)
+            if keep.num_rows:
+                write_table(keep, storage.join(out_dir, part_name(keep["audio_id"].to_pylist())), storage_options)
+            removed += n
+        done.append(t["audio_id"].filter(pc.invert(transient)).cast(pa.string()))
+    return pa.chunked_array([c for a in done for c in a.chunks], type=pa.string()).combine_chunks(), removed
 
 
 def clear(out_dir: str, storage_options: dict | None = None) -> int:

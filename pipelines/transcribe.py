@@ -175,8 +175,7 @@ def build(cfg: JobConfig, info: dict, source: sources.Source, units: pa.Table):
     if cfg.output.overwrite or sel.mode == "all":
         info["removed_parquet_files"] = write.clear(info["output"], opts)
     else:
-        info["transient_rows_to_retry"] = write.drop_transient_rows(info["output"], opts)
-        done = write.done_ids(info["output"], opts)
+        done, info["transient_rows_to_retry"] = write.resume(info["output"], opts)
     info["skipped_already_done"] = 0
     info["select"] = sel.mode
     if sel.previous and storage.join(sel.previous, "") == storage.join(info["output"], ""):
