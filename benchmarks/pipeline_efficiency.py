@@ -116,6 +116,7 @@ def actor_only(input_dir: Path, n: int, rtfx: float, extra: list[str]) -> dict:
     import ray
 
     from operators.asr.stage import ASRStage
+    from pipelines.transcribe import asr_compute
     from operators.decode import decode_batch
     from operators.sources import source_table
 
@@ -129,10 +130,7 @@ def actor_only(input_dir: Path, n: int, rtfx: float, extra: list[str]) -> dict:
     a = cfg.asr
     ds = decoded.map_batches(
         ASRStage, fn_constructor_kwargs={"cfg": cfg}, batch_size=a.files_per_batch, batch_format="pyarrow",
-        num_cpus=a.num_cpus, compute=ray.data.ActorPoolStrategy(
-            size=1, max_tasks_in_flight_per_actor=a.tasks_in_flight,
-            max_concurrent_calls_per_actor=a.concurrent_batches,
-            enable_true_multi_threading=a.concurrent_batches > 1))
+        num_cpus=a.num_cpus, compute=asr_compute(cfg, size=1))
     t0 = time.time()
     busy = first = last = 0.0
     audio = 0.0

@@ -229,17 +229,25 @@ def build(cfg: JobConfig, info: dict, source: sources.Source, units: pa.Table):
     ds = ds.map_batches(
         ASRStage, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.asr.files_per_batch,
         batch_format="pyarrow", num_cpus=cfg.asr.num_cpus, num_gpus=cfg.asr.num_gpus or None,
-        compute=ray.data.ActorPoolStrategy(
-            min_size=cfg.asr.num_actors, max_size=cfg.asr.max_actors or cfg.asr.num_actors,
-            max_tasks_in_flight_per_actor=cfg.asr.tasks_in_flight,
-            max_concurrent_calls_per_actor=cfg.asr.concurrent_batches,
-            enable_true_multi_threading=cfg.asr.concurrent_batches > 1))
+        compute=asr_compute(cfg))
     ds = ds.map_batches(
         write.write_block, fn_kwargs={
             "out_dir": info["output"], "storage_options": cfg.output.storage_options,
             "compression": cfg.write.compression, "job": cfg.name, "retry": cfg.retry.policy()},
         batch_size=cfg.write.rows_per_file or None, batch_format="pyarrow", num_cpus=cfg.write.num_cpus)
     return ds
+
+
+def asr_compute(cfg: JobConfig, size: int | None = None):
+    """The ASR actor pool: asr.num_actors..max_actors actors (or `size`), each running
+    asr.concurrent_batches calls at once in threads with one more batch queued."""
+    import ray
+
+    a = cfg.asr
+    return ray.data.ActorPoolStrategy(
+        min_size=size or a.num_actors, max_size=size or a.max_actors or a.num_actors,
+        max_tasks_in_flight_per_actor=a.tasks_in_flight, max_concurrent_calls_per_actor=a.concurrent_batches,
+        enable_true_multi_threading=a.concurrent_batches > 1)
 
 
 def prepare(cfg: JobConfig, schedule_slot: str | None = None, check: bool = True):

@@ -88,7 +88,7 @@ class ASRStage:
         thread's current batch (busy time, and CPU that is the backend's rather than the actor's)."""
         acc = getattr(self._local, "acc", None)
         if acc is None:  # called outside __call__ (tests): account to a scratch batch
-            acc = self._local.acc = {"busy": 0.0, "backend_cpu": 0.0, "first": float("inf"), "last": 0.0}
+            acc = self._local.acc = _new_account()
         with self._model_lock:
             t0, c0 = time.time(), time.thread_time()
             try:
@@ -114,7 +114,7 @@ class ASRStage:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         cpu0 = time.thread_time()
-        self._local.acc = acc = {"busy": 0.0, "backend_cpu": 0.0, "first": float("inf"), "last": 0.0}
+        self._local.acc = acc = _new_account()
         out = self._transcribe_batch(batch)
         n = max(1, len(out))
         cpu = max(0.0, time.thread_time() - cpu0 - acc["backend_cpu"])
@@ -209,6 +209,11 @@ class ASRStage:
                         rec["agreement"] = float(sum(a * w for a, w in scores) / total)
             out.append(rec)
         return out
+
+
+def _new_account() -> dict:
+    """One batch's model-call accounting: busy wall seconds, the backend's thread CPU, first/last call."""
+    return {"busy": 0.0, "backend_cpu": 0.0, "first": float("inf"), "last": 0.0}
 
 
 def _joiner(language: str | None) -> str:
