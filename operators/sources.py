@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import posixpath
+import re
 import tarfile
 from typing import Any
 
@@ -41,6 +42,71 @@ URI_COLUMNS = ("uri", "audio_filepath", "audio_path", "path", "file", "filepath"
 
 class InputError(ValueError):
     """The input as a whole cannot be read (per-file problems become error rows instead)."""
+
+
+# Error kinds of rows refused by the source before anything is read (the `source_error` column holds
+# 'kind: message'; decode turns it into the row's error). A manifest is data from elsewhere: a row
+# reaches only what the job was pointed at.
+INPUT_PATH = "input_path"          # a relative path that climbs out of the manifest's folder / prefix
+INPUT_SCHEME = "input_scheme"      # a URI scheme outside input.allowed_schemes (http, ftp, data, ...)
+INPUT_MEMBER = "input_member"      # a tar member with an absolute or '..' name, a link, a device
+INPUT_TOO_LARGE = "input_too_large"  # a tar member / Parquet audio cell above input.max_member_bytes
+INPUT_KINDS = (INPUT_PATH, INPUT_SCHEME, INPUT_MEMBER, INPUT_TOO_LARGE)
+_URI_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+_BARE_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+):")  # data:..., mailto:... (2+ chars: not C:)
+_PROTOCOL_WORD = re.compile(r"[A-Za-z][A-Za-z0-9+._\-]*")
+
+
+def input_error(kind: str, message: str) -> str:
+    """The `source_error` text of a row refused by the source."""
+    return f"{kind}: {message}"
+
+
+def split_source_error(text: str) -> tuple[str, str]:
+    """`source_error` -> (error kind, message): the input kinds above keep their kind; anything else
+    (a shard or Parquet file that could not be read) is kind `source`."""
+    kind, sep, message = text.partition(": ")
+    return (kind, message) if sep and kind in INPUT_KINDS else ("source", text)
+
+
+def uri_schemes(uri: str) -> list[str]:
+    """Every scheme a URI would make fsspec use, chained URLs ('a::b') included; a path without one
+    is 'file'."""
+    parts = uri.split("::")
+    out = []
+    for part in parts:
+        m = _URI_SCHEME.match(part) or _BARE_SCHEME.match(part)
+        if m:
+            scheme = m.group(1).lower()
+        elif len(parts) > 1 and _PROTOCOL_WORD.fullmatch(part):
+            scheme = part.lower()  # 'simplecache::s3://...': a bare word in a chain is a protocol
+        else:
+            scheme = "file"
+        out.append("file" if scheme == "local" else scheme)
+    return out
+
+
+def resolve_row_path(path: str, base: str, allowed: set[str]) -> tuple[str | None, str | None]:
+    """A manifest cell -> (uri, None), or (None, source_error) when the row must not be read: a
+    scheme outside `allowed`, or a relative path that leaves `base` (the manifest's folder)."""
+    schemes = uri_schemes(path)
+    chained = "::" in path  # fsspec chains: every protocol in it must be allowed
+    if chained or "://" in path or path.startswith("/") or _BARE_SCHEME.match(path):
+        refused = [s for s in schemes if s not in allowed]
+        if refused:
+            return None, input_error(INPUT_SCHEME, (
+                f"{path!r}: scheme {refused[0]!r} is not allowed (input.allowed_schemes: "
+                f"{', '.join(sorted(allowed))}); add it there to read such rows"))
+        first = path.split("::", 1)[0]
+        if chained and not (_URI_SCHEME.match(first) or _PROTOCOL_WORD.fullmatch(first)):
+            return None, input_error(INPUT_PATH, f"{path!r}: a relative path chained ('::') to a URL")
+        return path, None
+    norm = posixpath.normpath(path)
+    if norm == ".." or norm.startswith("../") or norm in (".", ""):
+        return None, input_error(INPUT_PATH, (
+            f"{path!r} resolves outside the manifest's folder {base!r}; relative paths must stay "
+            "below it"))
+    return storage.join(base, norm), None
 
 
 def source_table(ids: list[str], uris: list[str], refs: list | None = None, langs: list | None = None,
@@ -179,18 +245,23 @@ class ManifestSource(Source):
         n = table.num_rows
         paths = _as_str_list(table[uri_col], n)
         base = manifest_uri.rsplit("/", 1)[0]
-        uris, ids = [], []
+        uris, ids, errors = [], [], []
         given_ids = _as_str_list(table[id_col], n) if id_col else [None] * n
+        allowed = self.cfg.schemes()
         for i, (p, given) in enumerate(zip(paths, given_ids)):
             if not p:
                 raise InputError(f"manifest {manifest_uri!r} row {i}: empty {uri_col!r}")
-            uris.append(p if ("://" in p or p.startswith("/")) else storage.join(base, p))
+            # a row reaches only what the job was pointed at: refused rows keep the path as written
+            # and are never fetched (decode turns source_error into the row's error)
+            uri, error = resolve_row_path(p, base, allowed)
+            uris.append(uri or p)
+            errors.append(error)
             ids.append(given if given else p.split("://", 1)[-1].lstrip("/") if "://" in p else p)
         ref_col = _first(names, REFERENCE_COLUMNS)
         lang_col = _first(names, LANGUAGE_COLUMNS)
         return source_table(ids, uris, _as_str_list(table[ref_col], n) if ref_col else None,
                             _as_str_list(table[lang_col], n) if lang_col else None,
-                            tasks=_table_task_columns(table))
+                            errors=errors, tasks=_table_task_columns(table))
 
 
 class AudioFilesSource(Source):
@@ -226,21 +297,30 @@ class WebDatasetSource(Source):
         samples: dict[str, dict[str, Any]] = {}
         order: list[str] = []
         fs, path = storage.filesystem(unit, self.opts)
+        cap = self.cfg.max_member_bytes
+        # Streamed and read into memory only: nothing is ever extracted to disk. Members with an
+        # absolute or '..' name, links, devices and members above input.max_member_bytes (after
+        # decompression: a bomb) are never read; they become error rows of their sample's key.
         with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
             for member in tar:
-                if not member.isfile():
+                if member.isdir():
                     continue
                 name = member.name
-                base = posixpath.basename(name)
-                if base.startswith("."):
-                    continue
                 dirname, base = posixpath.split(name)
                 stem, _, ext = base.partition(".")
                 key, ext = posixpath.join(dirname, stem), "." + ext.lower()
+                wanted = ext.endswith(exts) or ext.endswith((".txt", ".json"))
+                refused = _refuse_member(member, cap if wanted else None)
+                if refused is None and (base.startswith(".") or not wanted):
+                    continue  # hidden (._AppleDouble ...) or a sibling the job does not use: not read
                 sample = samples.get(key)
                 if sample is None:
                     sample = samples[key] = {}
                     order.append(key)
+                if refused is not None:
+                    sample.setdefault("error", refused)
+                    sample.setdefault("member", name)
+                    continue
                 data = tar.extractfile(member).read()
                 if ext.endswith(exts):
                     sample["audio"] = data
@@ -253,10 +333,20 @@ class WebDatasetSource(Source):
                     except ValueError:
                         sample["json"] = {}
         ids, uris, refs, langs, blobs, metas = [], [], [], [], [], []
+        errors = []
         for key in order:
             s = samples[key]
+            if "error" in s:  # refused: the key's id, nothing read
+                ids.append(f"{shard_id}/{key}")
+                uris.append(f"{unit}#{s['member']}")
+                for column in (refs, langs, blobs):
+                    column.append(None)
+                metas.append({})
+                errors.append(s["error"])
+                continue
             if "audio" not in s:
                 continue  # a sample without an audio member (metadata only)
+            errors.append(None)
             meta = s.get("json") or {}
             meta = meta if isinstance(meta, dict) else {}
             ids.append(str(meta.get("audio_id") or f"{shard_id}/{key}"))
@@ -265,7 +355,26 @@ class WebDatasetSource(Source):
             langs.append(next((str(meta[c]) for c in LANGUAGE_COLUMNS if c in meta), None))
             blobs.append(s["audio"])
             metas.append(meta)
-        return source_table(ids, uris, refs, langs, blobs, tasks=task_columns(metas))
+        return source_table(ids, uris, refs, langs, blobs, errors=errors, tasks=task_columns(metas))
+
+
+def _refuse_member(member: tarfile.TarInfo, cap: int | None) -> str | None:
+    """Why a tar member must not be read (a source_error), or None. `cap`: the size limit of members
+    the job reads (None: not read anyway)."""
+    name = member.name
+    if member.issym() or member.islnk():
+        kind = "symlink" if member.issym() else "hardlink"
+        return input_error(INPUT_MEMBER, f"tar member {name!r} is a {kind} to {member.linkname!r}; links "
+                           "are never followed")
+    if not member.isfile():
+        return input_error(INPUT_MEMBER, f"tar member {name!r} is not a regular file (type "
+                           f"{member.type!r})")
+    if name.startswith("/") or ".." in name.split("/"):
+        return input_error(INPUT_MEMBER, f"tar member name {name!r} is absolute or climbs out with '..'")
+    if cap is not None and member.size > cap:
+        return input_error(INPUT_TOO_LARGE, f"tar member {name!r} holds {member.size} bytes, above "
+                           f"input.max_member_bytes={cap}; raise it if such files are expected")
+    return None
 
 
 class HFParquetSource(Source):
@@ -281,16 +390,35 @@ class HFParquetSource(Source):
 
     def expand(self, unit: str) -> pa.Table:
         fs, path = storage.filesystem(unit, self.opts)
+        cap = self.cfg.max_member_bytes
+        blobs, paths, errors, rest = [], [], [], []
         with fs.open(path, "rb") as f:
-            table = pq.read_table(f)
+            pf = pq.ParquetFile(f)
+            audio_col = _first(pf.schema_arrow.names, ("audio",))
+            if audio_col is None or not pa.types.is_struct(pf.schema_arrow.field(audio_col).type):
+                raise InputError(f"{unit!r} has no `audio` struct column (HF datasets layout)")
+            has_path = pf.schema_arrow.field(audio_col).type.get_field_index("path") >= 0
+            # a few rows at a time (pages are decompressed as read): a cell above
+            # input.max_member_bytes (a decompression bomb) becomes an error row and its bytes are
+            # dropped at once, never collected
+            for batch in pf.iter_batches(batch_size=16):
+                audio = batch.column(audio_col)
+                data = pc.struct_field(audio, "bytes")
+                sizes = pc.binary_length(data)
+                big = pc.fill_null(pc.greater(sizes, cap), False)
+                if pc.any(big).as_py():
+                    data = pc.if_else(big, pa.scalar(None, data.type), data)
+                blobs += data.to_pylist()
+                paths += pc.struct_field(audio, "path").to_pylist() if has_path else [None] * batch.num_rows
+                errors += [input_error(INPUT_TOO_LARGE, f"audio cell of row {len(errors) + i} holds {size} "
+                                       f"bytes, above input.max_member_bytes={cap}; raise it if such "
+                                       "files are expected") if over else None
+                           for i, (over, size) in enumerate(zip(big.to_pylist(), sizes.to_pylist()))]
+                rest.append(batch.drop_columns([audio_col]))
+        table = (pa.Table.from_batches(rest) if rest else
+                 pf.schema_arrow.empty_table().drop_columns([audio_col]))
         names = table.column_names
-        audio_col = _first(names, ("audio",))
-        if audio_col is None or not pa.types.is_struct(table.schema.field(audio_col).type):
-            raise InputError(f"{unit!r} has no `audio` struct column (HF datasets layout)")
         n = table.num_rows
-        audio = table[audio_col].combine_chunks()
-        blobs = audio.field("bytes").to_pylist()
-        paths = audio.field("path").to_pylist() if audio.type.get_field_index("path") >= 0 else [None] * n
         file_id = self.unit_id(unit)
         id_col = self.cfg.id_column or _first(names, ID_COLUMNS)
         given = _as_str_list(table[id_col], n) if id_col else [None] * n
@@ -300,7 +428,7 @@ class HFParquetSource(Source):
         lang_col = _first(names, LANGUAGE_COLUMNS)
         return source_table(ids, uris, _as_str_list(table[ref_col], n) if ref_col else None,
                             _as_str_list(table[lang_col], n) if lang_col else None, blobs,
-                            tasks=_table_task_columns(table))
+                            errors=errors, tasks=_table_task_columns(table))
 
 
 SOURCES: dict[str, type[Source]] = {

@@ -212,14 +212,25 @@ def _fetch_once(uris: list[str], storage_options: dict[str, Any] | None = None) 
     in C++), everything else through fsspec's batched cat."""
     if not uris:
         return []
+    protocols = {protocol_of(u) for u in uris}
+    if len(protocols) > 1:  # a manifest mixing schemes: one batched fetch per filesystem
+        out: list[bytes | Exception | None] = [None] * len(uris)
+        for proto in protocols:
+            idx = [i for i, u in enumerate(uris) if protocol_of(u) == proto]
+            for i, r in zip(idx, _fetch_once([uris[i] for i in idx], storage_options)):
+                out[i] = r
+        return out  # type: ignore[return-value]
     if all(protocol_of(u) in ("s3", "s3a") for u in uris):
         fs = arrow_s3(storage_options)
         if fs is not None:
             paths = [u.split("://", 1)[1] for u in uris]
             with ThreadPoolExecutor(min(16, len(paths))) as pool:
                 return list(pool.map(lambda p: _read_arrow(fs, p), paths))
-    fs, _ = filesystem(uris[0], storage_options)
-    paths = [filesystem(u, storage_options)[1] for u in uris]
+    try:
+        fs, _ = filesystem(uris[0], storage_options)
+        paths = [filesystem(u, storage_options)[1] for u in uris]
+    except Exception as e:  # noqa: BLE001 - no filesystem for this scheme: an error per file, not a lost block
+        return [e] * len(uris)
     try:
         got = fs.cat(paths, on_error="return")
     except Exception:  # a filesystem without batched cat: one at a time
