@@ -1,7 +1,8 @@
 """Labeling exports from transcript Parquet: NeMo JSONL manifests, Hugging Face datasets Parquet
 (audio bytes + text) and WebDataset tar shards. Each writer is a Ray Data block function: it writes
 one file per block (deterministic name from the block's ids) and returns one stats row, so nothing
-passes through the driver but counts.
+passes through the driver but counts. SRT / WebVTT / RTTM from word timestamps and speaker turns
+live in operators.subtitles and are registered in WRITERS here.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pyarrow.parquet as pq
 
 from operators import storage
 from operators.filters import FilterRules, drop_reason
+from operators.subtitles import nemo_words, write_rttm, write_srt, write_vtt
 from operators.write import part_name, write_table
 
 EXPORT_STATS = pa.schema([("kept", pa.int64()), ("audio_s", pa.float64()), ("dropped", pa.string()),
@@ -141,7 +143,7 @@ def write_nemo(batch: pa.Table, out_dir: str, rules: FilterRules, storage_option
                 "audio_filepath": paths[r["audio_id"]], "duration": round(r["duration_s"], 3),
                 "text": r["text"], "lang": r.get("language"), "audio_id": r["audio_id"],
                 "agreement": r.get("agreement"), "model": r.get("model"),
-                "model_revision": r.get("model_revision")}, ensure_ascii=False))
+                "model_revision": r.get("model_revision"), **nemo_words(r)}, ensure_ascii=False))
     if not exported:
         return _stats(exported, dropped, None)
     uri = storage.join(out_dir, _name(exported, "jsonl"))
@@ -190,4 +192,5 @@ def write_wds(batch: pa.Table, out_dir: str, rules: FilterRules, storage_options
     return _stats(rows, dropped, uri)
 
 
-WRITERS = {"nemo": write_nemo, "hf": write_hf, "wds": write_wds}
+WRITERS = {"nemo": write_nemo, "hf": write_hf, "wds": write_wds, "srt": write_srt, "vtt": write_vtt,
+           "rttm": write_rttm}

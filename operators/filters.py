@@ -11,8 +11,11 @@ from collections import Counter
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from operators.words import timestamp_problem
+
 # checked in this order; the first failing rule is the row's reason
-REASONS = ("error", "empty", "duration", "chars_per_second", "agreement", "language", "loop", "repetition")
+REASONS = ("error", "empty", "duration", "chars_per_second", "agreement", "language", "loop", "repetition",
+           "tags", "timestamps")
 
 
 class FilterRules(BaseModel):
@@ -34,6 +37,12 @@ class FilterRules(BaseModel):
     drop_loop_suspected: bool = Field(True, description="Drop rows the backend flagged loop_suspected "
                                       "(granite-ar: a run of one repeated n-gram in its output).")
     keep_empty: bool = Field(False, description="Keep ok rows with an empty transcript.")
+    drop_tags_suspect: bool = Field(True, description="Drop rows whose word/speaker tags needed repairs "
+                                    "(granite-plus: tags_suspect).")
+    check_timestamps: bool = Field(True, description="Drop rows whose word times are not monotonic, leave "
+                                   "their segment, or exceed max_words_per_s.")
+    max_words_per_s: float = Field(8.0, gt=0, description="Words per second of segment audio above which "
+                                   "word timestamps are implausible.")
 
 
 def compression_ratio(text: str) -> float:
@@ -74,4 +83,8 @@ def drop_reason(row: dict, rules: FilterRules) -> str | None:
         if (rules.max_compression_ratio and compression_ratio(piece) > rules.max_compression_ratio) or \
                 (rules.max_ngram_repeats and max_ngram_count(piece) > rules.max_ngram_repeats):
             return "repetition"
+    if rules.drop_tags_suspect and row.get("tags_suspect"):
+        return "tags"
+    if rules.check_timestamps and timestamp_problem(row, rules.max_words_per_s):
+        return "timestamps"
     return None

@@ -1,6 +1,6 @@
 """Labeling exports: transcripts (one model revision's Parquet output) -> training data.
 
-    python -m pipelines.export --input OUTPUT/whisper/<model>/<revision> --format nemo|hf|wds \
+    python -m pipelines.export --input OUTPUT/whisper/<model>/<revision> --format nemo|hf|wds|srt|vtt|rttm \
         --output URI [--audio-dir URI] [--min-duration 1 --max-duration 30 --min-cps 2 --max-cps 25 \
         --min-agreement 0.9 --languages en,fr ...]
 
@@ -69,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep-loops", action="store_true",
                    help="keep rows the backend flagged loop_suspected (dropped by default)")
     p.add_argument("--keep-empty", action="store_true")
+    p.add_argument("--keep-suspect-tags", action="store_true",
+                   help="keep rows whose word/speaker tags needed repairs (granite-plus tags_suspect)")
+    p.add_argument("--no-timestamp-check", action="store_true",
+                   help="keep rows whose word times fail the sanity check (monotonic, inside the segment)")
+    p.add_argument("--max-words-per-s", type=float, default=8.0,
+                   help="word timestamps with more words per second of segment audio are implausible")
     args = p.parse_args(argv)
     rules = FilterRules(min_duration_s=args.min_duration, max_duration_s=args.max_duration,
                         min_chars_per_s=args.min_cps, max_chars_per_s=args.max_cps,
@@ -76,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
                         languages=args.languages.split(",") if args.languages else None,
                         max_compression_ratio=args.max_compression_ratio,
                         max_ngram_repeats=args.max_ngram_repeats, keep_empty=args.keep_empty,
-                        drop_loop_suspected=not args.keep_loops)
+                        drop_loop_suspected=not args.keep_loops, drop_tags_suspect=not args.keep_suspect_tags,
+                        check_timestamps=not args.no_timestamp_check, max_words_per_s=args.max_words_per_s)
     try:
         s = run_export(args.input, args.format, args.output, rules, args.audio_dir, args.rows_per_file)
     except FileNotFoundError as e:

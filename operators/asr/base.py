@@ -28,7 +28,11 @@ import numpy as np
 TRANSCRIBE = "transcribe"            # punctuated, capitalised transcript where the model can
 TRANSCRIBE_RAW = "transcribe_raw"    # the model's plain transcript (no punctuation prompt)
 TRANSLATE = "translate"              # speech translation into `target_language`
-TASKS = ("transcribe", "transcribe_raw", "translate", "transcribe+translate", "transcribe_raw+translate")
+SPEAKERS = "speakers"                # speaker-attributed transcript (granite-plus: `[Speaker N]:` turns)
+TIMESTAMPS = "timestamps"            # word-level end times (granite-plus: `word [T:N]`)
+KINDS = (TRANSCRIBE, TRANSCRIBE_RAW, SPEAKERS, TIMESTAMPS)  # transcription kinds: one per task
+TASKS = ("transcribe", "transcribe_raw", "translate", "transcribe+translate", "transcribe_raw+translate",
+         "speakers", "timestamps")
 
 LANGUAGE_ALIASES = {
     "english": "en", "eng": "en", "french": "fr", "fra": "fr", "fre": "fr", "german": "de", "deu": "de",
@@ -59,11 +63,11 @@ def parse_task(value: Any) -> str:
     else:
         raise ValueError(f"task must be a string or a list, got {value!r}")
     parts = [p for p in parts if p]
-    kinds = [p for p in parts if p in (TRANSCRIBE, TRANSCRIBE_RAW)]
-    unknown = [p for p in parts if p not in (TRANSCRIBE, TRANSCRIBE_RAW, TRANSLATE)]
+    kinds = [p for p in parts if p in KINDS]
+    unknown = [p for p in parts if p not in KINDS + (TRANSLATE,)]
     if unknown or not parts or len(kinds) > 1 or len(set(parts)) != len(parts):
         raise ValueError(f"unknown task {value!r}; choose one of {list(TASKS)} (or a list of "
-                         "transcribe/transcribe_raw and translate)")
+                         "one of transcribe/transcribe_raw/speakers/timestamps and translate)")
     return "+".join(kinds + ([TRANSLATE] if TRANSLATE in parts else []))
 
 
@@ -181,6 +185,10 @@ class Transcript:
     extras: dict = field(default_factory=dict)
     translation: str | None = None   # backends that translate: the clip's translation
     loop_suspected: bool | None = None  # backends that detect it: the output holds a repeating run
+    raw_text: str | None = None      # tagged output (granite-plus): as generated, tags and all
+    words: list | None = None        # granite-plus speakers/timestamps: [{word, start_s, end_s, speaker}],
+    #                                  clip-relative seconds, speaker numbers as the model wrote them
+    tags_suspect: bool | None = None  # granite-plus: the tags needed repairs (operators.words.parse)
 
 
 @runtime_checkable

