@@ -10,6 +10,9 @@ accelerator of fixed speed. One run, one local Ray cluster, figures side by side
                drain (last model call -> last file written).
 3. 0.8 x cap   the model at 0.8 x the capacity measured in 1, over --files files: the same figures.
 4. actor only  the ASR stage alone on already-decoded rows at 4000x: its busy fraction (actor overhead).
+5. decode      (--decode-compare) capacity over --small files with decode as Ray tasks vs the decode
+               actor pool, each with segment.vad none and silero: audio-s per wall-s per core and
+               decode / VAD CPU-seconds per audio-hour, side by side.
 
 Targets (issue 9): busy >= 0.95 in 2 and 3; capacity >= 0.8 of libsndfile; actor-only busy >= 0.97.
 Files are --distinct encoded FLACs hard-linked under --files names (decoding cost is per file read).
@@ -161,6 +164,7 @@ def main() -> int:
                    help="config overrides on top of TUNED")
     p.add_argument("--baseline", action="store_true", help="also run scenarios 2 and 3 with BASELINE")
     p.add_argument("--skip", action="append", default=[], choices=["capacity", "small", "large", "actor"])
+    p.add_argument("--decode-compare", action="store_true", help="scenario 5: decode tasks vs actors")
     args = p.parse_args()
     root = Path(args.workdir)
     root.mkdir(parents=True, exist_ok=True)
@@ -213,6 +217,19 @@ def main() -> int:
     if "actor" not in args.skip:
         results["actor_only_4000"] = actor_only(small_dir, min(args.small, 5000), 4000.0, args.overrides)
         print(json.dumps({"actor_only_4000": results["actor_only_4000"]}, indent=1), flush=True)
+
+    if args.decode_compare:
+        rows = []
+        for vad in ("none", "silero"):
+            for mode, sets in (("tasks", ["decode.min_actors=0"]), ("actors", [])):
+                s = job(small_dir, root / "out-dec", 1e9, 0.0, [*args.overrides, f"segment.vad={vad}", *sets])
+                cpu = s.get("cpu_seconds_per_audio_hour") or {}
+                rows.append({"vad": vad, "decode": mode, "per_core": s["audio_seconds"] / s["pipeline_wall_seconds"]
+                             / cores, "decode_cpu_s_per_audio_hour": cpu.get("decode"),
+                             "vad_cpu_s_per_audio_hour": cpu.get("vad"), "wall_s": s["pipeline_wall_seconds"]})
+                print(json.dumps(rows[-1]), flush=True)
+        results["decode_tasks_vs_actors"] = rows
+        shutil.rmtree(root / "out-dec", ignore_errors=True)
 
     print("\n=== pipeline efficiency (simulated accelerator) ===")
     print(json.dumps(results, indent=1, default=str))

@@ -7,6 +7,7 @@ the same dotted names: `--set asr.batch_size=8`.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +16,10 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
                       model_validator)
 
 SAMPLE_RATE = 16_000
+# schemes a manifest row may name by default (with the input's own and local files); see
+# InputConfig.allowed_schemes
+OBJECT_STORE_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
+_SCHEME = re.compile(r"[a-z][a-z0-9+.\-]*")
 
 
 class ConfigError(ValueError):
@@ -41,6 +46,39 @@ class InputConfig(_Section):
     id_column: str | None = Field(
         None, description="Manifest column holding the audio id; default: audio_id or id, else "
         "derived from the audio path.")
+    allowed_schemes: list[str] | None = Field(
+        None, description="URI schemes a manifest row may point at; any other (http, ftp, data, ...) is "
+        "an `input_scheme` error row, never a request. Empty: the input's own scheme, the object stores "
+        f"({', '.join(OBJECT_STORE_SCHEMES)}) and local files (file). A list replaces that default, e.g. "
+        "[s3, https].")
+    max_member_bytes: int = Field(
+        1 << 30, ge=1, description="Largest tar member or Parquet audio cell read into memory (after "
+        "decompression); a bigger one is an `input_too_large` error row (a decompression bomb).")
+
+    @field_validator("allowed_schemes", mode="before")
+    @classmethod
+    def _schemes(cls, v: Any) -> list[str] | None:
+        if v is None:
+            return None
+        if isinstance(v, str):
+            v = [p for p in v.replace(",", " ").split() if p]
+        if not isinstance(v, (list, tuple)) or not v:
+            raise ValueError("give a list of URI schemes, e.g. [s3, file] (leave it empty for the default)")
+        out = []
+        for s in v:
+            name = str(s).strip().lower().removesuffix("://")
+            if not _SCHEME.fullmatch(name):
+                raise ValueError(f"{s!r} is not a URI scheme; write names like s3, gs, file, https "
+                                 "(without ://)")
+            out.append(name)
+        return out
+
+    def schemes(self) -> set[str]:
+        """The schemes manifest rows may use (see allowed_schemes)."""
+        if self.allowed_schemes is not None:
+            return set(self.allowed_schemes)
+        own = self.uri.split("://", 1)[0].lower() if self.uri and "://" in self.uri else "file"
+        return {own, "file", *OBJECT_STORE_SCHEMES}
 
 
 class OutputConfig(_Section):
@@ -50,8 +88,15 @@ class OutputConfig(_Section):
 
 
 class DecodeConfig(_Section):
-    num_cpus: float = Field(0.5, gt=0, description="CPUs per decode task (fractional is fine).")
-    batch_size: int = Field(8, ge=1, description="Files per decode task call.")
+    num_cpus: float = Field(0.5, gt=0, description="CPUs per decode actor (fractional is fine).")
+    batch_size: int = Field(8, ge=1, description="Files per decode call.")
+    min_actors: int = Field(1, ge=0, description="Decode actors kept alive (each loads the VAD model "
+                            "once); 0 runs decode as plain Ray tasks instead of an actor pool.")
+    max_actors: int | None = Field(None, ge=1, description="Most decode actors; empty: as many as the "
+                                   "cluster's CPUs allow (autoscaled from min_actors).")
+    avoid_gpu_nodes: bool = Field(True, description="Where the ASR actors use GPUs and the cluster also has "
+                                  "CPU-only nodes, keep decode actors off the GPU nodes (they hold their "
+                                  "CPUs for the whole job); false lets them use GPU nodes' spare CPUs.")
     max_duration_s: float = Field(4 * 3600.0, gt=0, description="Longer audio becomes an error row.")
     min_duration_s: float = Field(0.0, ge=0, description="Shorter audio becomes an error row.")
     resample_quality: Literal["QQ", "LQ", "MQ", "HQ", "VHQ"] = Field("HQ", description="soxr quality.")
@@ -60,20 +105,41 @@ class DecodeConfig(_Section):
 
 
 class SegmentConfig(_Section):
-    max_segment_s: float = Field(30.0, gt=1, description="Audio longer than this is cut at pauses.")
-    min_segment_s: float = Field(5.0, ge=0, description="A cut never leaves a segment shorter than "
-                                 "this (except the last).")
+    vad: Literal["auto", "silero", "energy", "none"] = Field(
+        "auto", description="Voice activity: silero (the silero-vad package's model, on the decode "
+        "workers), energy (frame energy over the file's noise floor), auto (silero where installed, "
+        "else energy), none (keep all audio; cut at the quietest point before max_segment_s).")
+    target_segment_s: float | None = Field(None, gt=1, description="Speech regions are joined into "
+                                           "segments up to this length; empty: the backend's choice.")
+    max_segment_s: float | None = Field(None, gt=1, description="A speech region longer than this is cut "
+                                        "at its quietest point; empty: the backend's choice (30 s for most).")
+    min_segment_s: float = Field(5.0, ge=0, description="A cut inside a region never leaves a piece "
+                                 "shorter than this (except the last).")
     search_window_s: float = Field(8.0, gt=0, description="Look for the quietest point in the last "
                                    "this-many seconds before max_segment_s.")
     frame_ms: float = Field(20.0, gt=0, description="Energy frame length.")
     silence_peak: float = Field(1e-4, ge=0, description="Audio whose peak is below this has no "
                                 "speech: it gets no segments and an empty transcript.")
+    speech_threshold: float = Field(0.5, gt=0.15, lt=1, description="Speech probability at which a "
+                                    "window is speech (it stays speech until 0.15 below).")
+    min_speech_s: float = Field(0.25, ge=0, description="Shorter bursts of speech are dropped.")
+    min_silence_s: float = Field(0.5, ge=0, description="Shorter pauses stay inside a speech region; "
+                                 "longer ones are left out (down to pad_s each side).")
+    pad_s: float = Field(0.2, ge=0, description="Audio kept before and after each speech region.")
 
     @model_validator(mode="after")
     def _window_fits(self) -> "SegmentConfig":
-        if self.min_segment_s >= self.max_segment_s:
+        if self.max_segment_s is not None and self.min_segment_s >= self.max_segment_s:
             raise ValueError("min_segment_s must be smaller than max_segment_s")
+        if None not in (self.target_segment_s, self.max_segment_s) and self.target_segment_s > self.max_segment_s:
+            raise ValueError("target_segment_s must not exceed max_segment_s")
         return self
+
+    def for_backend(self, target_s: float, max_s: float) -> "SegmentConfig":
+        """This config with the backend's segment lengths filled in where the user left them empty."""
+        mx = self.max_segment_s or max(max_s, self.target_segment_s or 0)
+        return self.model_copy(update={"max_segment_s": mx,
+                                       "target_segment_s": self.target_segment_s or min(target_s, mx)})
 
 
 class ModelConfig(_Section):
@@ -86,7 +152,9 @@ class ModelConfig(_Section):
 
 
 class ASRConfig(_Section):
-    backend: str = Field("whisper", description="Model backend: whisper, granite-ar, granite-nar, simulated.")
+    backend: str = Field("whisper", description="Model backend: whisper, granite-ar, granite-nar, granite-plus, "
+                         "simulated, an entry point of the granite_transcribe.backends group, or a plugin class "
+                         "as module:Class.")
     model: ModelConfig = Field(default_factory=ModelConfig, validate_default=True)
     batch_size: int = Field(16, ge=1, description="Segments per model call (sorted by length, "
                             "across files).")
@@ -120,10 +188,15 @@ class ASRConfig(_Section):
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, v: str) -> str:
-        from operators.asr import available_backends
+        from operators.asr import available_backends, builtin_backends, is_backend
 
-        if v not in available_backends():
-            raise ValueError(f"unknown backend {v!r}; choose one of {sorted(available_backends())}")
+        if not is_backend(v):
+            raise ValueError(f"unknown backend {v!r}; choose one of {sorted(available_backends())} or a "
+                             "plugin class as module:Class")
+        if v not in builtin_backends():  # a plugin: import it now and check what it declares
+            from operators.asr import backend_class
+
+            backend_class(v)
         return v
 
     @field_validator("model")

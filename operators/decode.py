@@ -22,7 +22,8 @@ from operators import storage
 from operators.config import SAMPLE_RATE, DecodeConfig, JobConfig
 from operators.retry import TRANSIENT_KIND, RetriesExhausted
 from operators.schema import DECODED_SCHEMA, ERROR, OK, TASK_COLUMNS, error_text
-from operators.segment import plan_segments
+from operators.segment import plan_speech
+from operators.sources import split_source_error
 
 BLOCK_S = 30  # seconds of source audio read per block
 
@@ -242,11 +243,13 @@ def ray_node_id() -> str | None:
         return None
 
 
-def decode_batch(batch: pa.Table, cfg: JobConfig) -> pa.Table:
-    """Ray Data stage (CPU tasks): SOURCE_SCHEMA rows -> DECODED_SCHEMA rows.
+def decode_batch(batch: pa.Table, cfg: JobConfig, detector=None) -> pa.Table:
+    """Ray Data stage: SOURCE_SCHEMA rows -> DECODED_SCHEMA rows.
 
-    Fetches what is not embedded (concurrently), decodes, resamples and plans segments. Every
-    per-file failure becomes a row with status='error'; nothing raised here loses a block.
+    Fetches what is not embedded (concurrently), decodes, resamples, finds speech (`detector`, an
+    operators.vad detector, over the whole block at once; None keeps all audio) and plans segments.
+    The row's pcm16 holds only the kept audio. Every per-file failure becomes a row with
+    status='error'; nothing raised here loses a block.
     """
     read_at, cpu0 = time.time(), time.process_time()
     rows = batch.to_pylist()
@@ -254,31 +257,66 @@ def decode_batch(batch: pa.Table, cfg: JobConfig) -> pa.Table:
     retries: Counter = Counter()
     fetched = dict(zip(need, storage.fetch_many([rows[i]["source_uri"] for i in need],
                                                 cfg.input.storage_options, cfg.retry.policy(), retries)))
-    out = []
+    out, audios = [], {}
     for i, r in enumerate(rows):
         rec = {k: r.get(k) for k in ("audio_id", "source_uri", "source_version", "reference", "language",
                                      *TASK_COLUMNS)}
-        rec.update(duration_s=None, pcm16=None, seg_start=[], seg_end=[], status=OK, error=None)
+        rec.update(duration_s=None, pcm16=None, seg_start=[], seg_end=[], speech_start=[], speech_end=[],
+                   status=OK, error=None)
         try:
             if r.get("source_error"):
-                raise AudioError("source", r["source_error"])
+                # refused by the source (input_path, input_scheme, ...) or an unreadable container
+                raise AudioError(*split_source_error(r["source_error"]))
             data = fetched.get(i, r["audio_bytes"])
             if isinstance(data, RetriesExhausted):  # a re-run retries it: not done
                 raise AudioError(TRANSIENT_KIND, f"fetch: {data}")
             if isinstance(data, Exception):
                 raise AudioError("fetch", f"{type(data).__name__}: {data}")
-            audio = decode_audio(data, cfg.decode)
-            rec["duration_s"] = len(audio) / SAMPLE_RATE
-            rec["seg_start"], rec["seg_end"] = plan_segments(audio, cfg.segment)
-            rec["pcm16"] = to_pcm16(audio)
+            audios[i] = decode_audio(data, cfg.decode)
+            rec["duration_s"] = len(audios[i]) / SAMPLE_RATE
         except AudioError as e:
-            rec.update(status=ERROR, error=error_text(e.kind, e.message), pcm16=None)
+            rec.update(status=ERROR, error=error_text(e.kind, e.message))
         except Exception as e:  # noqa: BLE001 - an unforeseen decoder failure stays per file
-            rec.update(status=ERROR, error=error_text("decode", f"{type(e).__name__}: {e}"), pcm16=None)
+            rec.update(status=ERROR, error=error_text("decode", f"{type(e).__name__}: {e}"))
         out.append(rec)
+    vad0 = time.process_time()
+    probs = dict(zip(audios, detector.probs(list(audios.values())))) if detector and audios else {}
+    vad_cpu = time.process_time() - vad0
+    for i, audio in audios.items():
+        rec = out[i]
+        try:
+            spans = plan_speech(audio, cfg.segment, probs.get(i) if detector else None)
+            rec["speech_start"], rec["speech_end"], rec["seg_start"], rec["seg_end"] = spans
+            rec["pcm16"] = to_pcm16(np.concatenate([audio[s:e] for s, e in zip(*spans[:2])])
+                                    if spans[0] else audio[:0])
+        except Exception as e:  # noqa: BLE001 - a planning failure stays per file
+            rec.update(status=ERROR, error=error_text("segment", f"{type(e).__name__}: {e}"), pcm16=None,
+                       seg_start=[], seg_end=[], speech_start=[], speech_end=[])
     cpu = (time.process_time() - cpu0) / max(1, len(out))
     node = ray_node_id()
     for k, rec in enumerate(out):  # the block's retries on its first row: sums stay right
-        rec.update(perf_read_at=read_at, perf_decode_cpu_s=cpu, perf_decode_node=node,
-                   perf_fetch_retries=retries["fetch"] if k == 0 else 0)
+        rec.update(perf_read_at=read_at, perf_decode_cpu_s=cpu, perf_vad_cpu_s=vad_cpu / len(out),
+                   perf_decode_node=node, perf_fetch_retries=retries["fetch"] if k == 0 else 0,
+                   perf_speech_s=len(rec["pcm16"] or b"") / 2 / SAMPLE_RATE)
     return pa.Table.from_pylist(out, schema=DECODED_SCHEMA)
+
+
+class Decoder:
+    """The decode stage as a Ray Data actor (an actor pool of CPU workers): the voice-activity model
+    loads once per actor, not once per block."""
+
+    def __init__(self, cfg: JobConfig):
+        from operators.vad import make_detector
+
+        self.cfg = cfg
+        self.detector = None if cfg.segment.vad == "none" else make_detector(cfg.segment.vad)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return decode_batch(batch, self.cfg, self.detector)
+
+
+def decode_task(batch: pa.Table, cfg: JobConfig) -> pa.Table:
+    """The decode stage as plain Ray tasks (decode.min_actors: 0): the detector loads per call."""
+    from operators.vad import make_detector
+
+    return decode_batch(batch, cfg, None if cfg.segment.vad == "none" else make_detector(cfg.segment.vad))

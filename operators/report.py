@@ -75,7 +75,8 @@ def block_perf(perf: pa.Table | None, write_cpu_s: float = 0.0) -> dict:
     def total(name):
         return float(sum(r.get(name) or 0.0 for r in rows))
 
-    out.update(decode_cpu_s=total("perf_decode_cpu_s"), asr_busy_s=total("perf_asr_busy_s"),
+    out.update(decode_cpu_s=total("perf_decode_cpu_s"), vad_cpu_s=total("perf_vad_cpu_s"),
+               speech_s=total("perf_speech_s"), asr_busy_s=total("perf_asr_busy_s"),
                asr_cpu_s=total("perf_asr_cpu_s"), fetch_retries=int(total("perf_fetch_retries")))
     out["decode_nodes"] = sorted({r["perf_decode_node"] for r in rows if r.get("perf_decode_node")})
     reads = [r["perf_read_at"] for r in rows if r.get("perf_read_at")]
@@ -145,7 +146,8 @@ class Summary:
             self._add_perf(json.loads(r.get("perf") or "{}"))
 
     def _add_perf(self, p: dict) -> None:
-        for k in ("decode_cpu_s", "asr_cpu_s", "write_cpu_s", "asr_busy_s", "fetch_retries", "write_retries"):
+        for k in ("decode_cpu_s", "vad_cpu_s", "speech_s", "asr_cpu_s", "write_cpu_s", "asr_busy_s",
+                  "fetch_retries", "write_retries"):
             self.cpu[k] += p.get(k, 0.0)
         self.decode_nodes.update(p.get("decode_nodes") or ())
         if p.get("read_first"):
@@ -167,7 +169,10 @@ class Summary:
         model_busy_fraction: model_busy_seconds / sum over actors of their alive seconds (from the
           actor starting to load its model to the last file written; an actor that never got a batch is
           not seen). cpu_seconds_per_audio_hour: decode, asr_actor_overhead (the actor's CPU outside
-          backend calls) and write."""
+          backend calls) and write; vad is the part of decode spent finding speech.
+        speech_seconds_kept: audio the model heard (speech and pads) out of audio_seconds;
+        model_seconds_saved_est: model_busy_seconds scaled by the audio left out (the model's time
+          is taken as proportional to audio length)."""
         if self.read_first is None or self.written_last is None:
             return {}
         end = self.written_last
@@ -187,8 +192,13 @@ class Summary:
             "model_load_seconds": max((a["ready"] - a["started"] for a in self.actors.values()), default=None),
             "first_model_call_after_first_read_s": (min(calls_first) - self.read_first) if calls_first else None,
             "last_file_written_after_last_model_call_s": (end - max(calls_last)) if calls_last else None,
+            "speech_seconds_kept": self.cpu["speech_s"],
+            "speech_fraction": self.cpu["speech_s"] / self.audio_s if self.audio_s > 0 else None,
+            "model_seconds_saved_est": (busy * (self.audio_s - self.cpu["speech_s"]) / self.cpu["speech_s"]
+                                        if self.cpu["speech_s"] > 0 else None),
             "cpu_seconds_per_audio_hour": {
                 "decode": per_hour(self.cpu["decode_cpu_s"]),
+                "vad": per_hour(self.cpu["vad_cpu_s"]),
                 "asr_actor_overhead": per_hour(self.cpu["asr_cpu_s"]),
                 "write": per_hour(self.cpu["write_cpu_s"]),
             },
@@ -230,7 +240,8 @@ def format_summary(s: dict) -> str:
             "duplicate_ids_dropped", "files", "ok", "errors", "errors_by_kind", "audio_hours",
             "segments", "wall_seconds", "rtfx", "pipeline_wall_seconds", "model_busy_seconds",
             "model_busy_fraction", "first_model_call_after_first_read_s",
-            "last_file_written_after_last_model_call_s", "cpu_seconds_per_audio_hour", "retries", "wer",
+            "last_file_written_after_last_model_call_s", "speech_fraction", "model_seconds_saved_est",
+            "cpu_seconds_per_audio_hour", "retries", "wer",
             "wer_files",
             "parquet_files_written", "output"]
     width = max(len(k) for k in keys)

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "3"  # 2: task, target_language, translation; segments[].translation; source_version
+SCHEMA_VERSION = "4"  # 2: task, target_language, translation; segments[].translation; source_version
 #                       3: loop_suspected
+#                       4: raw_text, words, speakers, tags_suspect (granite-plus); older files read
+#                          with these as nulls
 
 SEGMENT_TYPE = pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("text", pa.string()),
                           ("translation", pa.string())])
+
+# granite-plus word timestamps / speaker turns, file times; speaker labels are per segment
+# (`seg<j>-spk<n>`, operators.words); start_s/end_s null where the task gives no times
+WORD_TYPE = pa.struct([("word", pa.string()), ("start_s", pa.float64()), ("end_s", pa.float64()),
+                       ("speaker", pa.string())])
 
 # Per-row task overrides (null: the job's asr.task / asr.target_language / asr.keywords), carried from
 # the manifest through decode to the ASR stage.
@@ -36,6 +43,8 @@ DECODE_PERF = [
     ("perf_read_at", pa.float64()),        # the decode batch started (min over rows: first input read)
     ("perf_decode_cpu_s", pa.float64()),   # decode CPU seconds (fetch, decode, resample, plan)
     ("perf_decode_node", pa.string()),     # the Ray node that decoded the row
+    ("perf_vad_cpu_s", pa.float64()),      # of which voice-activity detection
+    ("perf_speech_s", pa.float64()),       # seconds of audio kept for the model (speech and pads)
     ("perf_fetch_retries", pa.int64()),    # transient fetch failures retried for this block, spread
 ]
 ASR_PERF = [
@@ -64,6 +73,8 @@ DECODED_SCHEMA = pa.schema([
     ("pcm16", pa.binary()),
     ("seg_start", pa.list_(pa.int64())),
     ("seg_end", pa.list_(pa.int64())),
+    ("speech_start", pa.list_(pa.int64())),   # the kept file ranges (samples); pcm16 is them joined
+    ("speech_end", pa.list_(pa.int64())),
     ("status", pa.string()),
     ("error", pa.string()),
     *DECODE_PERF,
@@ -90,6 +101,10 @@ OUTPUT_SCHEMA = pa.schema(
         pa.field("ctc_text", pa.string()),
         pa.field("agreement", pa.float64()),
         pa.field("loop_suspected", pa.bool_()),   # null where the backend does not detect loops
+        pa.field("raw_text", pa.list_(pa.string())),  # granite-plus: output as generated, one per segment
+        pa.field("words", pa.list_(WORD_TYPE)),        # granite-plus speakers/timestamps tasks
+        pa.field("speakers", pa.list_(pa.list_(pa.string()))),  # speaker labels per segment
+        pa.field("tags_suspect", pa.bool_()),          # the tags needed repairs (null: no tags asked)
         pa.field("processed_at", pa.timestamp("ms", tz="UTC")),
     ],
     metadata={b"granite_transcribe.schema_version": SCHEMA_VERSION.encode()},

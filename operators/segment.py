@@ -1,6 +1,14 @@
-"""Cut long audio at pauses into segments no longer than `max_segment_s`, and stitch results back.
+"""Choose what audio the model hears, cut it into segments, and stitch results back.
 
-Energy-based: the cut goes at the quietest stretch (frame energy smoothed over ~200 ms) inside the last
+`plan_speech` (the job's planner): speech regions from a voice-activity detector (operators.vad) are
+padded, the silence between them is left out, and consecutive regions are joined into segments up to
+the backend's target length; a cut falls only between regions (in a pause), except inside a region
+longer than the maximum, which `plan_segments` cuts at its quietest point. The row then carries only
+the kept audio, joined; `speech_start`/`speech_end` say where each kept piece lies in the file, so
+segment times (`file_bounds`) stay file times.
+
+`plan_segments` (also `segment.vad: none`): the energy cutter over the whole signal, no silence removed:
+the cut goes at the quietest stretch (frame energy smoothed over ~200 ms) inside the last
 `search_window_s` before the length limit, so words are not split where a pause exists.
 """
 
@@ -11,6 +19,7 @@ import numpy as np
 from operators.config import SAMPLE_RATE, SegmentConfig
 
 SMOOTH_S = 0.2
+DEFAULT_MAX_S = 30.0
 
 
 def plan_segments(audio: np.ndarray, cfg: SegmentConfig | None = None) -> tuple[list[int], list[int]]:
@@ -19,7 +28,7 @@ def plan_segments(audio: np.ndarray, cfg: SegmentConfig | None = None) -> tuple[
     n = len(audio)
     if n == 0 or float(np.max(np.abs(audio))) < cfg.silence_peak:
         return [], []
-    max_len = int(cfg.max_segment_s * SAMPLE_RATE)
+    max_len = int((cfg.max_segment_s or DEFAULT_MAX_S) * SAMPLE_RATE)
     if n <= max_len:
         return [0], [n]
     frame = max(1, int(cfg.frame_ms * SAMPLE_RATE / 1000))
@@ -52,6 +61,75 @@ def plan_segments(audio: np.ndarray, cfg: SegmentConfig | None = None) -> tuple[
     starts.append(start)
     ends.append(n)
     return starts, ends
+
+
+def plan_speech(audio: np.ndarray, cfg: SegmentConfig, probs: np.ndarray | None
+                ) -> tuple[list[int], list[int], list[int], list[int]]:
+    """(speech_start, speech_end, seg_start, seg_end): the file ranges kept (sorted, disjoint), and
+    the segments as offsets into those ranges joined end to end. `probs` None keeps everything and
+    cuts with `plan_segments` (segment.vad: none). Silent or speechless audio: all empty."""
+    n = len(audio)
+    if n == 0 or float(np.max(np.abs(audio))) < cfg.silence_peak:
+        return [], [], [], []
+    max_len = int((cfg.max_segment_s or DEFAULT_MAX_S) * SAMPLE_RATE)
+    target = min(max_len, int((cfg.target_segment_s or cfg.max_segment_s or DEFAULT_MAX_S) * SAMPLE_RATE))
+    if probs is None:  # no pauses known: cut at the quietest point before the target
+        starts, ends = plan_segments(audio, cfg.model_copy(update={"max_segment_s": target / SAMPLE_RATE}))
+        return [0], [n], starts, ends
+    from operators.vad import speech_regions
+
+    # units: (file start, file end, may join neighbours); a region over the maximum is cut inside
+    units: list[tuple[int, int, bool]] = []
+    for s, e in speech_regions(probs, n, cfg):
+        if e - s <= max_len:
+            units.append((s, e, True))
+        else:
+            cs, ce = plan_segments(audio[s:e], cfg)
+            units += [(s + a, s + b, False) for a, b in zip(cs, ce)]
+    speech_start, speech_end, seg_start, seg_end = [], [], [], []
+    at = 0            # offset in the kept audio
+    open_at = None    # kept-audio offset where the open segment began
+    open_joins = True  # whether the open segment may take more units
+    for s, e, joins in units:
+        if open_at is not None and (not joins or not open_joins or at + (e - s) - open_at > target):
+            seg_start.append(open_at)
+            seg_end.append(at)
+            open_at = None
+        if open_at is None:
+            open_at, open_joins = at, joins
+        speech_start.append(s)
+        speech_end.append(e)
+        at += e - s
+    if open_at is not None:
+        seg_start.append(open_at)
+        seg_end.append(at)
+    return speech_start, speech_end, seg_start, seg_end
+
+
+def to_file_samples(positions, speech_start: list[int] | None, speech_end: list[int] | None,
+                    ends: bool = False) -> np.ndarray:
+    """Offsets into the kept audio (the row's pcm16) -> file sample offsets (integers stay integers,
+    fractional offsets stay fractional). An offset where one kept
+    range meets the next maps to the next one's start, or with `ends` (an end of something heard) to
+    the previous one's end. No kept ranges: the offsets are file offsets already."""
+    pos = np.asarray(positions)
+    if pos.dtype.kind not in "iuf":
+        pos = pos.astype(np.int64)
+    if not speech_start:
+        return pos
+    starts = np.asarray(speech_start, np.int64)
+    kept_at = np.concatenate([[0], np.cumsum(np.asarray(speech_end, np.int64) - starts)])
+    k = np.searchsorted(kept_at, pos, side="left" if ends else "right") - 1
+    k = np.clip(k, 0, len(starts) - 1)
+    return starts[k] + (pos - kept_at[k])
+
+
+def file_bounds(seg_start: list[int], seg_end: list[int], speech_start: list[int] | None,
+                speech_end: list[int] | None) -> tuple[list[int], list[int]]:
+    """Segment bounds as file sample offsets: a segment starts where its first kept range starts and
+    ends where its last one ends (never at the next range's start)."""
+    return (to_file_samples(seg_start, speech_start, speech_end).tolist(),
+            to_file_samples(seg_end, speech_start, speech_end, ends=True).tolist())
 
 
 def stitch(texts: list[str], starts: list[int], ends: list[int], joiner: str = " ") -> tuple[str, list[dict]]:

@@ -22,12 +22,12 @@ from typing import Any
 import pyarrow as pa
 import yaml
 
-from operators import retry, runs, selection, sources, storage, write
-from operators.asr import check_model, resolve_identity
+from operators import retry, runs, selection, sources, storage, vad, write
+from operators.asr import check_model, resolve_identity, segment_lengths
 from operators.asr.checks import ModelCheckError
 from operators.asr.stage import ASRStage, BackendLoadError
-from operators.decode import decode_batch
-from operators.config import ConfigError, JobConfig, load_config
+from operators.decode import Decoder, decode_task
+from operators.config import ConfigError, JobConfig, SegmentConfig, load_config
 from operators.report import STATS_SCHEMA, Summary, format_summary
 from operators.schema import SOURCE_SCHEMA
 from pipelines.cluster import ray_session
@@ -140,7 +140,7 @@ def plan(cfg: JobConfig) -> dict:
 def describe(cfg: JobConfig, info: dict, source: sources.Source, units: pa.Table) -> dict:
     """The resolved plan (`--plan`): inputs, stages, resources, batch sizes, output; no audio read."""
     done = 0 if cfg.output.overwrite else len(write.done_ids(info["output"], cfg.output.storage_options))
-    a = cfg.asr
+    a, seg = cfg.asr, segment_config(cfg)
     inputs = {"uri": cfg.input.uri, "form": type(source).__name__, "listed": units.num_rows,
               "listed_as": "containers (rows known once read)" if source.expands else "files",
               "already_written_for_this_revision": done}
@@ -150,9 +150,11 @@ def describe(cfg: JobConfig, info: dict, source: sources.Source, units: pa.Table
         "job": cfg.name, "run_id": info.get("run_id"), "schedule_slot": info.get("schedule_slot"),
         "input": inputs,
         "stages": [
-            {"stage": "decode", "kind": "ray tasks", "num_cpus": cfg.decode.num_cpus,
+            {"stage": "decode", "kind": "actor pool" if cfg.decode.min_actors else "ray tasks",
+             "actors": f"{cfg.decode.min_actors}..{cfg.decode.max_actors or 'cluster CPUs'}"
+             if cfg.decode.min_actors else None, "num_cpus": cfg.decode.num_cpus,
              "files_per_call": cfg.decode.batch_size, "max_duration_s": cfg.decode.max_duration_s,
-             "segment_max_s": cfg.segment.max_segment_s},
+             "vad": seg.vad, "segment_target_s": seg.target_segment_s, "segment_max_s": seg.max_segment_s},
             {"stage": "asr", "kind": "actor pool", "backend": a.backend, "model": info["model"],
              "model_revision": info["model_revision"],
              "actors": a.num_actors if not a.max_actors else f"{a.num_actors}..{a.max_actors}",
@@ -224,8 +226,15 @@ def build(cfg: JobConfig, info: dict, source: sources.Source, units: pa.Table):
         per_block = max(cfg.decode.batch_size, math.ceil(units.num_rows / MAX_SOURCE_BLOCKS))
         ds = ray.data.from_arrow(_split(units, per_block))
 
-    ds = ds.map_batches(decode_batch, fn_kwargs={"cfg": cfg}, batch_size=cfg.decode.batch_size,
-                        batch_format="pyarrow", num_cpus=cfg.decode.num_cpus)
+    cfg = cfg.model_copy(update={"segment": segment_config(cfg)})
+    if cfg.decode.min_actors:
+        compute, remote_args = decode_placement(cfg)
+        ds = ds.map_batches(Decoder, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.decode.batch_size,
+                            batch_format="pyarrow", num_cpus=cfg.decode.num_cpus, compute=compute,
+                            **remote_args)
+    else:
+        ds = ds.map_batches(decode_task, fn_kwargs={"cfg": cfg}, batch_size=cfg.decode.batch_size,
+                            batch_format="pyarrow", num_cpus=cfg.decode.num_cpus)
     ds = ds.map_batches(
         ASRStage, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.asr.files_per_batch,
         batch_format="pyarrow", num_cpus=cfg.asr.num_cpus, num_gpus=cfg.asr.num_gpus or None,
@@ -236,6 +245,40 @@ def build(cfg: JobConfig, info: dict, source: sources.Source, units: pa.Table):
             "compression": cfg.write.compression, "job": cfg.name, "retry": cfg.retry.policy()},
         batch_size=cfg.write.rows_per_file or None, batch_format="pyarrow", num_cpus=cfg.write.num_cpus)
     return ds
+
+
+def segment_config(cfg: JobConfig) -> SegmentConfig:
+    """cfg.segment with the backend's segment lengths where the user left them empty and the voice
+    activity method resolved here, on the driver (`auto`: silero where installed, else energy)."""
+    try:
+        method = vad.resolve_method(cfg.segment.vad)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    target, longest = segment_lengths(cfg.asr.backend)
+    return cfg.segment.for_backend(target, longest).model_copy(update={"vad": method})
+
+
+def decode_placement(cfg: JobConfig) -> tuple:
+    """(actor pool strategy, ray remote args) of the decode stage: decode.min_actors..max_actors (empty
+    max: what the eligible nodes' CPUs hold after the ASR actors' share). Where the ASR actors take
+    GPUs and the cluster also has CPU-only nodes, decode actors stay off the GPU nodes
+    (decode.avoid_gpu_nodes) so they never hold the CPUs an ASR actor needs: unlike short tasks, an
+    actor keeps its CPUs for the whole job."""
+    import ray
+
+    d, a = cfg.decode, cfg.asr
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    gpu_nodes = [n["NodeID"] for n in nodes if n["Resources"].get("GPU", 0) > 0]
+    cpu_only = [n for n in nodes if not n["Resources"].get("GPU", 0) and n["Resources"].get("CPU", 0) > 0]
+    remote_args: dict = {}
+    if d.avoid_gpu_nodes and a.num_gpus and gpu_nodes and cpu_only:
+        remote_args["label_selector"] = {"ray.io/node-id": f"!in({','.join(gpu_nodes)})"}
+        cpus = sum(n["Resources"]["CPU"] for n in cpu_only)
+    else:
+        cpus = ray.cluster_resources().get("CPU", 1.0) - a.num_cpus * (a.max_actors or a.num_actors)
+    longest = d.max_actors or int(cpus // d.num_cpus)
+    longest = max(d.min_actors, longest)
+    return ray.data.ActorPoolStrategy(min_size=d.min_actors, max_size=longest), remote_args
 
 
 def asr_compute(cfg: JobConfig, size: int | None = None):

@@ -30,7 +30,8 @@ from operators.config import SAMPLE_RATE, JobConfig
 from operators.decode import from_pcm16, ray_node_id
 from operators.metrics import JobMetrics
 from operators.schema import ASR_OUT_SCHEMA, DECODE_PERF_COLUMNS, ERROR, OK, error_text
-from operators.segment import stitch
+from operators.segment import file_bounds, stitch
+from operators.words import KeptTime, attach as attach_words
 
 log = logging.getLogger(__name__)
 
@@ -184,16 +185,17 @@ class ASRStage:
                     rec.update(status=ERROR, error=error_text("asr", f"{type(failed[0]).__name__}: {failed[0]}"))
                 else:
                     joiner = _joiner(lang)
-                    rec["text"], rec["segments"] = stitch([x.text for x in res], r["seg_start"],
-                                                          r["seg_end"], joiner)
+                    starts, ends = file_bounds(r["seg_start"], r["seg_end"], r.get("speech_start"),
+                                               r.get("speech_end"))
+                    rec["text"], rec["segments"] = stitch([x.text for x in res], starts, ends, joiner)
                     if spec.transcription is None:  # translation only: no transcript to show
                         rec["text"] = None
                         for seg in rec["segments"]:
                             seg["text"] = None
                     if spec.translates:  # joined by the target language's rule (no spaces for ja)
                         rec["translation"], tsegs = stitch(
-                            [getattr(x, "translation", None) or "" for x in res], r["seg_start"],
-                            r["seg_end"], _joiner(spec.target_language))
+                            [getattr(x, "translation", None) or "" for x in res], starts, ends,
+                            _joiner(spec.target_language))
                         for seg, tseg in zip(rec["segments"], tsegs):
                             seg["translation"] = tseg["text"]
                     ctc = [x.ctc_text for x in res if x.ctc_text is not None]
@@ -202,6 +204,8 @@ class ASRStage:
                     loops = [x.loop_suspected for x in res if x.loop_suspected is not None]
                     if loops:
                         rec["loop_suspected"] = any(loops)
+                    attach_words(rec, res, KeptTime(r["seg_start"], r.get("speech_start"),  # granite-plus:
+                                                    r.get("speech_end"), SAMPLE_RATE))  # words, speakers
                     scores = [(x.agreement, e - s) for x, s, e in zip(res, r["seg_start"], r["seg_end"])
                               if x.agreement is not None]
                     if scores:  # duration-weighted over segments

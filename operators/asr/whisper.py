@@ -42,6 +42,8 @@ def _bundled_model_dir() -> Path:
 
 class WhisperBackend:
     name = "whisper"
+    segment_target_s = 30.0   # the model's input window is 30 s: a longer segment cannot be heard whole
+    segment_max_s = 30.0
     max_clip_s = 30.0
 
     def __init__(self, cfg: ModelConfig):

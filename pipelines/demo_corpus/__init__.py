@@ -74,6 +74,64 @@ def build_long_file(target_s: float = 240.0) -> tuple[bytes, str]:
     return buf.getvalue(), " ".join(texts)
 
 
+def music(seconds: float, seed: int = 0) -> np.ndarray:
+    """Synthetic music at 16 kHz: plucked three-note chords with harmonics over a bass line, 120 bpm."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * SR)
+    t = np.arange(n) / SR
+    out = np.zeros(n, np.float32)
+    beat = int(0.5 * SR)
+    for b0 in range(0, n, beat):
+        root = 110.0 * 2 ** (rng.integers(0, 12) / 12)
+        seg = t[b0:b0 + beat * 2] - t[b0]
+        env = np.exp(-seg * 3.0)
+        for ratio in (1.0, 1.26, 1.5, 2.0):          # root, third, fifth, octave
+            for h, amp in ((1, 1.0), (2, 0.4), (3, 0.2)):
+                out[b0:b0 + len(seg)] += (0.04 * amp * env * np.sin(2 * np.pi * root * ratio * h * seg)).astype(np.float32)
+        out[b0:b0 + len(seg)] += (0.08 * env * np.sin(2 * np.pi * root / 2 * seg)).astype(np.float32)
+    return out
+
+
+def build_recording(target_s: float, seed: int = 1, *, rate: int = 44_100, channels: int = 2,
+                    fmt: str = "OGG", long_silence_s: tuple[float, float] = (6.0, 15.0),
+                    long_silence_every: int = 6, music_s: float = 0.0, noise_db: float = -65.0
+                    ) -> tuple[bytes, str, list[tuple[float, float]], list[tuple[float, float]]]:
+    """A long recording as archives hold them: the clips in a seeded order with uneven pauses
+    (0.3-2.5 s), a long silence every `long_silence_every` sentences, optionally one stretch of
+    music in the middle, a faint noise floor, at `rate` Hz with `channels` channels (Ogg Vorbis by
+    default). Returns (bytes, reference text, speech spans, music spans), spans in file seconds."""
+    rng = np.random.default_rng(seed)
+    items = entries()
+    parts, texts, speech, tunes, total, k = [], [], [], [], 0.0, 0
+    while total < target_s:
+        if music_s and not tunes and total >= target_s / 2:
+            tune = music(music_s, seed)
+            tunes.append((total, total + music_s))
+            parts.append(tune)
+            total += music_s
+        e = items[int(rng.integers(0, len(items)))]
+        audio = load(e)
+        speech.append((total, total + len(audio) / SR))
+        texts.append(e["text"])
+        gap = rng.uniform(*long_silence_s) if (k + 1) % long_silence_every == 0 else rng.uniform(0.3, 2.5)
+        parts += [audio, np.zeros(int(gap * SR), np.float32)]
+        total += (len(audio) + int(gap * SR)) / SR
+        k += 1
+    mono = np.concatenate(parts)
+    mono = mono + (10 ** (noise_db / 20) * rng.standard_normal(len(mono))).astype(np.float32)
+    import soxr
+
+    up = soxr.resample(mono, SR, rate).astype(np.float32)
+    # the second channel a little quieter, as two microphones would be
+    data = np.stack([up * (1.0 - 0.2 * c) for c in range(channels)], axis=1) if channels > 1 else up
+    buf = io.BytesIO()
+    with sf.SoundFile(buf, "w", rate, channels, format=fmt,
+                      subtype="VORBIS" if fmt == "OGG" else "PCM_16") as f:
+        for at in range(0, len(data), rate):  # libsndfile's Vorbis encoder crashes on one huge write
+            f.write(data[at:at + rate])
+    return buf.getvalue(), " ".join(texts), speech, tunes
+
+
 def regenerate() -> None:
     """Speak every sentence with espeak-ng, resample to 16 kHz FLAC, rewrite the manifest."""
     import soxr

@@ -24,7 +24,8 @@ def test_defaults_validate():
     cfg = JobConfig()
     assert cfg.asr.backend == "whisper"
     assert cfg.asr.batch_size == 16
-    assert cfg.segment.max_segment_s == 30.0
+    assert cfg.segment.max_segment_s is None  # the backend's choice: whisper's 30 s window
+    assert cfg.segment.for_backend(30.0, 30.0).max_segment_s == 30.0
     assert cfg.decode.max_duration_s == 4 * 3600
     assert load_config() == cfg
     assert JobConfig.model_validate(cfg.model_dump()) == cfg

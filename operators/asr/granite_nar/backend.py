@@ -49,6 +49,8 @@ def _options(cfg: ModelConfig) -> dict:
 
 class GraniteNarBackend:
     name = "granite-nar"
+    segment_target_s = 30.0   # the editor was trained on windows up to 30 s
+    segment_max_s = 60.0      # it holds ~4 min (4096 positions): an unbroken region may run to 60 s
     languages = frozenset({"en", "fr", "de", "es", "pt"})   # the model card's; plain transcription only
 
     def __init__(self, cfg: ModelConfig):

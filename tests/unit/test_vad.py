@@ -1,0 +1,251 @@
+"""operators.vad and segment.plan_speech: speech found, silence left out, segments joined to the backend's
+target and cut only in pauses, file times kept; on real speech (the espeak-ng corpus) and synthetic music."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from operators.config import JobConfig, SegmentConfig
+from operators.decode import decode_audio, decode_batch, from_pcm16
+from operators.segment import file_bounds, plan_segments, plan_speech
+from operators.sources import source_table
+from operators.vad import WINDOW, EnergyVAD, SileroVAD, resolve_method, silero_available, speech_regions
+from pipelines import demo_corpus
+
+SR = 16_000
+CFG = SegmentConfig().for_backend(30.0, 30.0)
+needs_silero = pytest.mark.skipif(not silero_available(), reason="silero-vad not installed")
+
+
+@pytest.fixture(scope="module")
+def recording():
+    """~4 min: uneven pauses, a 6-15 s silence every 6th sentence, 20 s of music in the middle."""
+    data, text, speech, tunes = demo_corpus.build_recording(240.0, seed=3, music_s=20.0)
+    return decode_audio(data), speech, tunes
+
+
+@pytest.fixture(scope="module")
+def silero():
+    return SileroVAD()
+
+
+def _kept(spans) -> list[tuple[float, float]]:
+    return [(s / SR, e / SR) for s, e in zip(spans[0], spans[1])]
+
+
+def _overlap(ranges, a, b) -> float:
+    return sum(max(0.0, min(e, b) - max(s, a)) for s, e in ranges)
+
+
+def _longest_quiet_run(audio: np.ndarray, level: float = 3e-3) -> float:
+    """Longest stretch (s) of 10 ms frames whose peak is below `level`."""
+    n = len(audio) // 160
+    quiet = np.abs(audio[: n * 160].reshape(n, 160)).max(axis=1) < level
+    d = np.diff(np.concatenate([[0], quiet.astype(np.int8), [0]]))
+    runs = np.flatnonzero(d == -1) - np.flatnonzero(d == 1)
+    return float(runs.max()) * 0.01 if len(runs) else 0.0
+
+
+@pytest.mark.parametrize("method", [pytest.param("silero", marks=needs_silero), "energy"])
+def test_speech_kept_long_silences_left_out(recording, silero, method):
+    audio, speech, tunes = recording
+    det = silero if method == "silero" else EnergyVAD()
+    spans = plan_speech(audio, CFG, det.probs([audio])[0])
+    kept = _kept(spans)
+    # every sentence is kept (its voiced part: espeak clips end in ~0.2 s of their own silence)
+    for a, b in speech:
+        assert _overlap(kept, a, b) >= 0.85 * (b - a), (a, b, kept)
+    # the silences between sentences are not: nothing kept lies far from speech or music
+    sounding = speech + tunes
+    for s, e in kept:
+        assert _overlap(sounding, s, e) > 0
+    gaps = [(b0, a1) for (_, b0), (a1, _) in zip(speech, speech[1:]) if a1 - b0 > 5.0
+            and _overlap(tunes, b0, a1) == 0]
+    assert len(gaps) >= 3
+    for a, b in gaps:  # only the pads and the clips' own trailing silence at each side
+        assert _overlap(kept, a, b) <= 2 * CFG.pad_s + 0.6, (a, b)
+    # and the joined audio the model gets has no long silence inside
+    joined = np.concatenate([audio[s:e] for s, e in zip(spans[0], spans[1])])
+    assert _longest_quiet_run(joined) < 1.5
+    assert _longest_quiet_run(audio) > 5.0
+
+
+@needs_silero
+def test_silero_leaves_music_out_energy_does_not(recording, silero):
+    audio, _, tunes = recording
+    (a, b), = tunes
+    music_kept = {name: _overlap(_kept(plan_speech(audio, CFG, det.probs([audio])[0])), a, b)
+                  for name, det in (("silero", silero), ("energy", EnergyVAD()))}
+    assert music_kept["silero"] <= 0.1 * (b - a), music_kept
+    assert music_kept["energy"] >= 0.9 * (b - a), music_kept  # the fallback's known limit (README)
+
+
+@needs_silero
+def test_batched_probabilities_agree_with_one_sequential_pass(recording, silero):
+    import torch
+
+    audio = recording[0][: 90 * SR]
+    batched = silero.probs([audio, audio[: 7 * SR]])
+    silero.model.reset_states()
+    padded = np.pad(audio, (0, (-len(audio)) % WINDOW))
+    with torch.inference_mode():
+        seq = silero.model.audio_forward(torch.from_numpy(padded)[None], SR).numpy()[0]
+    assert len(batched[0]) == len(seq)
+    assert np.mean((batched[0] >= 0.5) != (seq >= 0.5)) < 0.01
+    mine, theirs = speech_regions(batched[0], len(audio), CFG), speech_regions(seq, len(audio), CFG)
+    assert len(mine) == len(theirs)
+    for (a, b), (c, d) in zip(mine, theirs):  # edges within two windows (64 ms)
+        assert abs(a - c) <= 2 * WINDOW and abs(b - d) <= 2 * WINDOW
+    # a file's speech does not depend on what else is in the block (probabilities to float noise)
+    alone = silero.probs([audio[: 7 * SR]])[0]
+    np.testing.assert_allclose(batched[1], alone, atol=1e-4)
+    assert speech_regions(batched[1], 7 * SR, CFG) == speech_regions(alone, 7 * SR, CFG)
+
+
+def test_regions_hysteresis_short_pauses_and_blips():
+    p = np.zeros(400, np.float32)
+    p[10:60] = 0.9          # speech
+    p[60:65] = 0.1          # 160 ms pause: bridged (min_silence 0.5 s)
+    p[65:120] = 0.45        # between the thresholds: stays speech
+    p[120:200] = 0.0        # 2.6 s pause: a cut
+    p[200:203] = 0.95       # 96 ms blip: dropped (min_speech 0.25 s)
+    p[300:350] = 0.8
+    cfg = CFG.model_copy(update={"pad_s": 0.0})
+    regions = speech_regions(p, 400 * WINDOW, cfg)
+    assert regions == [(10 * WINDOW, 120 * WINDOW), (300 * WINDOW, 350 * WINDOW)]
+    padded = speech_regions(p, 400 * WINDOW, CFG)
+    pad = int(CFG.pad_s * SR)
+    assert padded == [(10 * WINDOW - pad, 120 * WINDOW + pad), (300 * WINDOW - pad, 350 * WINDOW + pad)]
+
+
+def _probs_for(regions_s: list[tuple[float, float]], total_s: float) -> np.ndarray:
+    p = np.zeros(int(total_s * SR) // WINDOW, np.float32)
+    for a, b in regions_s:
+        p[int(a * SR) // WINDOW: int(b * SR) // WINDOW] = 1.0
+    return p
+
+
+def test_regions_join_up_to_target_and_cut_only_between_them():
+    rng = np.random.default_rng(0)
+    t, regions = 0.5, []
+    while t < 200:
+        length = rng.uniform(1.0, 9.0)
+        regions.append((t, t + length))
+        t += length + rng.uniform(0.6, 4.0)
+    total = t + 1
+    audio = (0.1 * rng.standard_normal(int(total * SR))).astype(np.float32)
+    cfg = SegmentConfig(target_segment_s=20.0, max_segment_s=30.0, pad_s=0.1)
+    ss, se, gs, ge = plan_speech(audio, cfg, _probs_for(regions, total))
+    assert ss == sorted(ss) and all(a < b for a, b in zip(ss, se)) and all(b <= c for b, c in zip(se, ss[1:]))
+    kept_at = np.concatenate([[0], np.cumsum(np.subtract(se, ss))]).tolist()
+    lengths = [(e - s) / SR for s, e in zip(gs, ge)]
+    assert gs[0] == 0 and ge[-1] == kept_at[-1] and all(b == c for b, c in zip(ge, gs[1:]))
+    assert all(x <= 20.0 + 1e-9 for x in lengths)
+    # cuts only where one kept range ends and the next begins (a pause), never inside one
+    assert set(gs) <= set(kept_at)
+    # joined greedily: no two neighbours would have fitted in one segment
+    assert all(a + b > 20.0 for a, b in zip(lengths, lengths[1:]))
+    # file times: each segment starts where a region (padded) starts and ends where one ends
+    fs, fe = file_bounds(gs, ge, ss, se)
+    assert set(fs) <= set(ss) and set(fe) <= set(se)
+    assert all(a < b for a, b in zip(fs, fe)) and all(b <= c for b, c in zip(fe, fs[1:]))
+
+
+def test_a_region_over_the_maximum_is_cut_inside_at_its_quietest_point():
+    audio, silences = __import__("audio_fixtures").pause_clip([5.0, 6.5, 4.0, 6.0, 4.5, 5.5, 6.2, 4.2],
+                                                              pause_s=0.3)
+    n = len(audio)
+    cfg = SegmentConfig(target_segment_s=20.0, max_segment_s=25.0, min_silence_s=0.5)
+    ss, se, gs, ge = plan_speech(audio, cfg, np.ones(-(-n // WINDOW), np.float32))  # all speech
+    # one region, kept whole, in pieces that meet: kept offsets are file offsets
+    assert ss[0] == 0 and se[-1] == n and se[:-1] == ss[1:]
+    assert (gs, ge) == tuple(map(list, plan_segments(audio, cfg)))
+    assert max(e - s for s, e in zip(gs, ge)) <= 25 * SR and len(gs) >= 2
+    for cut in gs[1:]:
+        assert any(a <= cut <= b for a, b in silences)
+
+
+def test_vad_none_keeps_everything_and_silence_is_nothing():
+    audio = __import__("audio_fixtures").tone(70.0)
+    ss, se, gs, ge = plan_speech(audio, CFG, None)
+    assert (ss, se) == ([0], [len(audio)]) and (gs, ge) == tuple(map(list, plan_segments(audio, CFG)))
+    assert plan_speech(np.zeros(SR * 5, np.float32), CFG, np.zeros(156, np.float32)) == ([], [], [], [])
+    # speech nowhere (the detector found none): no segment, an empty transcript later
+    noise = (1e-2 * np.random.default_rng(0).standard_normal(SR * 5)).astype(np.float32)
+    assert plan_speech(noise, CFG, np.zeros(157, np.float32)) == ([], [], [], [])
+
+
+def test_file_bounds_map_a_segment_end_to_its_own_range():
+    ss, se = [1000, 5000, 9000], [2000, 6000, 9500]   # kept: 0-1000, 1000-2000, 2000-2500
+    assert file_bounds([0, 1000], [1000, 2500], ss, se) == ([1000, 5000], [2000, 9500])
+    assert file_bounds([0], [2500], ss, se) == ([1000], [9500])
+    assert file_bounds([0], [500], [], []) == ([0], [500])
+
+
+@needs_silero
+def test_decode_batch_carries_only_the_kept_audio(recording, silero):
+    audio, speech, _ = recording
+    clip = audio[: 60 * SR]
+    buf = io.BytesIO()
+    sf.write(buf, clip, SR, format="FLAC")
+    table = source_table(["rec", "bad"], ["mem://rec.flac", "mem://bad.wav"], blobs=[buf.getvalue(), b"xx"])
+    rows = decode_batch(table, JobConfig(segment=CFG), silero).to_pylist()
+    r, bad = rows
+    assert bad["status"] == "error" and bad["speech_start"] == []
+    kept = from_pcm16(r["pcm16"])
+    assert len(kept) == sum(e - s for s, e in zip(r["speech_start"], r["speech_end"])) == r["seg_end"][-1]
+    assert r["duration_s"] == pytest.approx(60.0, abs=0.01)
+    assert r["perf_speech_s"] == pytest.approx(len(kept) / SR)
+    assert 0.3 < r["perf_speech_s"] / r["duration_s"] < 0.9
+    assert r["perf_vad_cpu_s"] > 0
+    # the kept audio is the file's own samples at the kept ranges
+    s, e = r["speech_start"][1], r["speech_end"][1]
+    at = r["speech_end"][0] - r["speech_start"][0]
+    np.testing.assert_allclose(kept[at: at + (e - s)], clip[s:e], atol=1 / 32767)
+
+
+def test_vad_method_resolution_names_the_fix(monkeypatch):
+    import operators.vad as vad
+
+    assert resolve_method("energy") == "energy" and resolve_method("none") == "none"
+    monkeypatch.setattr(vad, "silero_available", lambda: False)
+    assert vad.resolve_method("auto") == "energy"
+    with pytest.raises(ValueError, match="pip install silero-vad"):
+        vad.resolve_method("silero")
+    with pytest.raises(ValueError, match="target_segment_s"):
+        SegmentConfig(target_segment_s=40, max_segment_s=30)
+
+
+def test_summary_reports_speech_kept_and_model_time_saved():
+    import pyarrow as pa
+
+    from operators.report import Summary, block_stats
+
+    rows = pa.Table.from_pylist([{"status": "ok", "error": None, "duration_s": 100.0, "segments": [], "text": "",
+                                  "reference": None, "language": "en"}] * 2)
+    perf = pa.Table.from_pylist([
+        {"perf_read_at": 1.0, "perf_decode_cpu_s": 0.5, "perf_vad_cpu_s": 0.2, "perf_speech_s": 40.0,
+         "perf_asr_busy_s": 4.0, "perf_actor": "a", "perf_actor_started": 0.5, "perf_actor_ready": 0.9,
+         "perf_call_first": 1.5, "perf_call_last": 5.0},
+        {"perf_read_at": 1.2, "perf_decode_cpu_s": 0.5, "perf_vad_cpu_s": 0.2, "perf_speech_s": 60.0,
+         "perf_asr_busy_s": 6.0, "perf_actor": "a", "perf_actor_started": 0.5, "perf_actor_ready": 0.9,
+         "perf_call_first": 1.5, "perf_call_last": 5.5}])
+    summary = Summary()
+    summary.add(block_stats(rows, "x.parquet", perf))
+    s = summary.as_dict(10.0)
+    assert s["audio_seconds"] == 200.0 and s["speech_seconds_kept"] == 100.0 and s["speech_fraction"] == 0.5
+    # 10 model-seconds for 100 s heard: the 100 s left out would have cost ~10 more
+    assert s["model_seconds_saved_est"] == pytest.approx(10.0)
+    assert s["cpu_seconds_per_audio_hour"]["vad"] == pytest.approx(0.4 / (200 / 3600))
+
+
+def test_times_inside_a_segment_map_across_the_silence_left_out():
+    from operators.segment import to_file_samples
+
+    ss, se = [1000, 5000, 9000], [2000, 6000, 9500]   # kept: 0-1000, 1000-2000, 2000-2500
+    assert to_file_samples([0, 999, 1000, 1500, 2499], ss, se).tolist() == [1000, 1999, 5000, 5500, 9499]
+    assert to_file_samples([1000, 2000, 2500], ss, se, ends=True).tolist() == [2000, 6000, 9500]
