@@ -21,7 +21,7 @@ TRANSIENT_KIND = "transient"   # the error kind of a row whose fetch outlived it
 
 # words in the messages of pyarrow's C++ S3 client, botocore/s3fs and aiohttp for errors that pass
 _TRANSIENT = re.compile(
-    r"SLOW_?DOWN|slow down|throttl|TooManyRequests|\b429\b|\b50[0-4]\b|Service ?Unavailable|InternalError|"
+    r"SLOW_?DOWN|slow down|throttl|TooManyRequests|\b429\b|\b50[0-4]\b|Service[ _]?Unavailable|INTERNAL_FAILURE|InternalError|"
     r"Internal Server Error|Bad Gateway|RequestTimeout|timed? ?out|timeout|NETWORK_CONNECTION|"
     r"couldn'?t connect|connection (?:refused|reset|aborted|closed)|Connection was closed|"
     r"curlCode: ?(?:6|7|18|28|52|55|56)\b|Broken pipe|EndpointConnectionError|ServerDisconnected|"

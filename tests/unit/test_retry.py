@@ -15,6 +15,9 @@ from operators.retry import RetriesExhausted, RetryPolicy, call, is_transient
     OSError("When reading information for key 'a/b.flac' in bucket 'x': AWS Error NETWORK_CONNECTION during "
             "HeadObject operation: curlCode: 7, Couldn't connect to server"),
     OSError("AWS Error SLOW_DOWN during GetObject operation: Please reduce your request rate."),
+    # pyarrow's words for a 503 whose body it did not read (seen in CI through the fault proxy)
+    OSError("AWS Error SERVICE_UNAVAILABLE during GetObject operation: "),
+    OSError("AWS Error INTERNAL_FAILURE during GetObject operation: "),
     OSError("AWS Error UNKNOWN (HTTP status 503) during GetObject operation: Service Unavailable"),
     OSError("AWS Error UNKNOWN (HTTP status 500) during GetObject operation"),
     OSError("curlCode: 18, Transferred a partial file"),
