@@ -123,7 +123,7 @@ class SegmentConfig(_Section):
     speech_threshold: float = Field(0.5, gt=0.15, lt=1, description="Speech probability at which a "
                                     "window is speech (it stays speech until 0.15 below).")
     min_speech_s: float = Field(0.25, ge=0, description="Shorter bursts of speech are dropped.")
-    min_silence_s: float = Field(0.5, ge=0, description="Shorter pauses stay inside a speech region; "
+    min_silence_s: float = Field(1.0, ge=0, description="Shorter pauses stay inside a speech region; "
                                  "longer ones are left out (down to pad_s each side).")
     pad_s: float = Field(0.2, ge=0, description="Audio kept before and after each speech region.")
 

@@ -138,7 +138,7 @@ def test_regions_join_up_to_target_and_cut_only_between_them():
         t += length + rng.uniform(0.6, 4.0)
     total = t + 1
     audio = (0.1 * rng.standard_normal(int(total * SR))).astype(np.float32)
-    cfg = SegmentConfig(target_segment_s=20.0, max_segment_s=30.0, pad_s=0.1)
+    cfg = SegmentConfig(target_segment_s=20.0, max_segment_s=30.0, pad_s=0.1, min_silence_s=0.5)
     ss, se, gs, ge = plan_speech(audio, cfg, _probs_for(regions, total))
     assert ss == sorted(ss) and all(a < b for a, b in zip(ss, se)) and all(b <= c for b, c in zip(se, ss[1:]))
     kept_at = np.concatenate([[0], np.cumsum(np.subtract(se, ss))]).tolist()
