@@ -285,7 +285,7 @@ def decode_batch(batch: pa.Table, cfg: JobConfig, detector=None) -> pa.Table:
     for i, audio in audios.items():
         rec = out[i]
         try:
-            spans = plan_speech(audio, cfg.segment, probs.get(i) if detector else None)
+            spans = plan_speech(audio, cfg.segment, probs.get(i))
             rec["speech_start"], rec["speech_end"], rec["seg_start"], rec["seg_end"] = spans
             rec["pcm16"] = to_pcm16(np.concatenate([audio[s:e] for s, e in zip(*spans[:2])])
                                     if spans[0] else audio[:0])
@@ -309,7 +309,7 @@ class Decoder:
         from operators.vad import make_detector
 
         self.cfg = cfg
-        self.detector = None if cfg.segment.vad == "none" else make_detector(cfg.segment.vad)
+        self.detector = make_detector(cfg.segment.vad)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return decode_batch(batch, self.cfg, self.detector)
@@ -319,4 +319,4 @@ def decode_task(batch: pa.Table, cfg: JobConfig) -> pa.Table:
     """The decode stage as plain Ray tasks (decode.min_actors: 0): the detector loads per call."""
     from operators.vad import make_detector
 
-    return decode_batch(batch, cfg, None if cfg.segment.vad == "none" else make_detector(cfg.segment.vad))
+    return decode_batch(batch, cfg, make_detector(cfg.segment.vad))

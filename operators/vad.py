@@ -116,7 +116,10 @@ class EnergyVAD:
 
 
 def make_detector(method: str):
-    """A detector for a resolved method name (`silero` or `energy`)."""
+    """The detector for `segment.vad` (resolved as `resolve_method` does); None for `none`."""
+    method = resolve_method(method)
+    if method == "none":
+        return None
     return SileroVAD() if method == "silero" else EnergyVAD()
 
 

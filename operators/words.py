@@ -31,7 +31,7 @@ of appearance so such a step can map them.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from operators.segment import to_file_samples
 
@@ -66,6 +66,10 @@ class Parsed:
     @property
     def suspect(self) -> bool:
         return bool(self.problems)
+
+    def word_dicts(self) -> list[dict]:
+        """The words as the `words` column's structs (word, start_s, end_s, speaker)."""
+        return [asdict(w) for w in self.words]
 
 
 def _tokens(raw: str):

@@ -569,21 +569,29 @@ def random_checkpoint(path: str | Path, size: str = "tiny", seed: int = 0, dtype
     dims = SIZES[size]
     tokenizer = build_tokenizer()
     audio_id = tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
-    vocab = dims["vocab"] or len(tokenizer)
-    config = transformers.GraniteSpeechConfig(
-        encoder_config=dict(input_dim=160, dropout=0.0, **dims["encoder"]),
-        projector_config=dict(model_type="blip_2_qformer", encoder_hidden_size=dims["encoder"]["hidden_dim"],
+    config = transformers.GraniteSpeechConfig(**config_fields(
+        dims, tokenizer, audio_id, vocab=dims["vocab"] or len(tokenizer), max_positions=4096))
+    torch.manual_seed(seed)
+    model = transformers.GraniteSpeechForConditionalGeneration(config).eval()
+    return save_checkpoint(model, tokenizer, path, dtype)
+
+
+def config_fields(dims: dict, tokenizer, audio_id: int, vocab: int, max_positions: int,
+                  encoder_hidden: int | None = None, **encoder_extra) -> dict:
+    """The keyword arguments of a random Granite Speech config of size `dims` (SIZES): encoder,
+    Q-Former projector (reading `encoder_hidden` features) and Granite text model."""
+    return dict(
+        encoder_config=dict(input_dim=160, dropout=0.0, **encoder_extra, **dims["encoder"]),
+        projector_config=dict(model_type="blip_2_qformer",
+                              encoder_hidden_size=encoder_hidden or dims["encoder"]["hidden_dim"],
                               hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **dims["projector"]),
-        text_config=dict(model_type="granite", vocab_size=vocab, max_position_embeddings=4096,
+        text_config=dict(model_type="granite", vocab_size=vocab, max_position_embeddings=max_positions,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=dims["tie"],
                          initializer_range=dims["init"], **dims["text"]),
         audio_token_index=audio_id, has_lora_adapter=False, downsample_rate=5, window_size=15,
         initializer_range=dims["init"], tie_word_embeddings=dims["tie"],
     )
-    torch.manual_seed(seed)
-    model = transformers.GraniteSpeechForConditionalGeneration(config).eval()
-    return save_checkpoint(model, tokenizer, path, dtype)
 
 
 def save_checkpoint(model, tokenizer, path: str | Path, dtype: str = "float32") -> Path:

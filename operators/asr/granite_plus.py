@@ -37,7 +37,8 @@ from typing import Sequence
 
 from operators.asr.base import SPEAKERS, TIMESTAMPS, TRANSCRIBE, TaskSpec, Transcript
 from operators.asr.granite_ar import (AUDIO_TOKEN, OPTIONS as AR_OPTIONS, SAMPLE_RATE, SIZES, GraniteARBackend,
-                                      _imports, build_tokenizer, has_loop, save_checkpoint)
+                                      _imports, build_tokenizer, config_fields, has_loop,
+                                      save_checkpoint)
 from operators.words import parse
 
 DEFAULT_MODEL = "ibm-granite/granite-speech-4.1-2b-plus"
@@ -109,8 +110,7 @@ class GraniteSpeechPlusBackend(GraniteARBackend):
                 problems.append("no time tags")
             if parsed.words and kind == SPEAKERS and not parsed.has_speakers:
                 problems.append("no speaker tags")
-            words = [{"word": w.word, "start_s": w.start_s, "end_s": w.end_s, "speaker": w.speaker}
-                     for w in parsed.words]
+            words = parsed.word_dicts()
         if stop == "max_new_tokens":
             problems.append("cut at the token budget")
         looped = stop == "repetition" or (o["repeat_max_period"] > 0 and has_loop(
@@ -144,17 +144,9 @@ def random_checkpoint(path: str | Path, seed: int = 0, dtype: str = "float32",
     audio_id = tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
     cat = list(cat_hidden_layers) or None
     enc_hidden = dims["encoder"]["hidden_dim"] * ((len(cat) if cat else 0) + 1)
-    config = transformers.GraniteSpeechPlusConfig(
-        encoder_config=dict(input_dim=160, dropout=0.0, cat_hidden_layers=cat, **dims["encoder"]),
-        projector_config=dict(model_type="blip_2_qformer", encoder_hidden_size=enc_hidden,
-                              hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **dims["projector"]),
-        text_config=dict(model_type="granite", vocab_size=len(tokenizer), max_position_embeddings=16384,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=dims["tie"],
-                         initializer_range=dims["init"], **dims["text"]),
-        audio_token_index=audio_id, has_lora_adapter=False, downsample_rate=5, window_size=15,
-        initializer_range=dims["init"], tie_word_embeddings=dims["tie"],
-    )
+    config = transformers.GraniteSpeechPlusConfig(**config_fields(
+        dims, tokenizer, audio_id, vocab=len(tokenizer), max_positions=16384, encoder_hidden=enc_hidden,
+        cat_hidden_layers=cat))
     torch.manual_seed(seed)
     model = transformers.GraniteSpeechPlusForConditionalGeneration(config).eval()
     tags = {i for i in tokenizer("[T:45] _ [T:82] [Speaker 1]: [Speaker 2]:")["input_ids"]}

@@ -114,8 +114,7 @@ def _tagged_rows():
 
     def res(raw, dur):
         p = parse(raw, dur)
-        return SimpleNamespace(raw_text=raw, tags_suspect=p.suspect, words=[
-            {"word": w.word, "start_s": w.start_s, "end_s": w.end_s, "speaker": w.speaker} for w in p.words])
+        return SimpleNamespace(raw_text=raw, tags_suspect=p.suspect, words=p.word_dicts())
 
     base = {"source_version": None, "language": "en", "target_language": None, "translation": None,
             "reference": None, "model": "m", "model_revision": "r", "backend": "granite-plus", "status": "ok",

@@ -6,10 +6,8 @@ input kind; every other row is transcribed; nothing is requested from elsewhere.
 from __future__ import annotations
 
 import gzip
-import http.server
 import io
 import tarfile
-import threading
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,6 +16,7 @@ import pytest
 from operators.report import wer
 from operators.schema import error_kind
 from pipelines.transcribe import run
+from tests.counting_http import CountingServer
 from tests.integration.conftest import clip_bytes, corpus, job_config, jsonl, put, read_output
 
 pytestmark = pytest.mark.integration
@@ -26,27 +25,10 @@ CAP = 1 << 20
 
 @pytest.fixture
 def http_hits():
-    """A real HTTP server on loopback serving audio; the list of paths requested from it."""
-    body = clip_bytes(corpus(1)[0])
-    hits: list[str] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            hits.append(self.path)
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    hits_url = (hits, f"http://127.0.0.1:{server.server_address[1]}")
-    yield hits_url
-    server.shutdown()
-    server.server_close()
+    """A real HTTP server on loopback serving audio; (the paths requested from it, its URL)."""
+    server = CountingServer(clip_bytes(corpus(1)[0]))
+    yield server.hits, server.url
+    server.close()
 
 
 def _by_id(s3, result) -> dict[str, dict]:

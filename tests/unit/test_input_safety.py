@@ -6,11 +6,9 @@ error rows of an input kind; nothing else in the input is lost, nothing is fetch
 from __future__ import annotations
 
 import gzip
-import http.server
 import io
 import json
 import tarfile
-import threading
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,6 +21,7 @@ from operators.decode import decode_batch
 from operators.schema import error_kind
 from operators.sources import (HFParquetSource, ManifestSource, WebDatasetSource, resolve_row_path,
                                split_source_error)
+from tests.counting_http import CountingServer
 
 WAV = af.encode(af.tone(0.5), af.SR, "wav")
 
@@ -32,37 +31,9 @@ def _decode(table: pa.Table, **input_fields) -> dict[str, dict]:
     return {r["audio_id"]: r for r in decode_batch(table, cfg).to_pylist()}
 
 
-class _CountingServer:
-    """A real HTTP server on loopback that counts requests (a row must never make one)."""
-
-    def __init__(self):
-        hits = self.hits = []
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                hits.append(self.path)
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(WAV)))
-                self.end_headers()
-                self.wfile.write(WAV)
-
-            do_HEAD = do_GET  # noqa: N815
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def http_server():
-    server = _CountingServer()
+    server = CountingServer(WAV)
     yield server
     server.close()
 

@@ -16,8 +16,7 @@ class _Res:
     def __init__(self, raw, duration):
         p = parse(raw, duration)
         self.raw_text, self.tags_suspect = raw, p.suspect
-        self.words = [{"word": w.word, "start_s": w.start_s, "end_s": w.end_s, "speaker": w.speaker}
-                      for w in p.words]
+        self.words = p.word_dicts()
 
 
 def _row(segments, audio_id="a"):

@@ -159,8 +159,7 @@ class _Res:
     def __init__(self, raw, duration):
         p = parse(raw, duration)
         self.raw_text, self.tags_suspect = raw, p.suspect
-        self.words = [{"word": w.word, "start_s": w.start_s, "end_s": w.end_s, "speaker": w.speaker}
-                      for w in p.words]
+        self.words = p.word_dicts()
 
 
 def test_attach_puts_words_in_file_time_and_labels_speakers_per_segment():
