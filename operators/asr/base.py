@@ -210,6 +210,35 @@ class ASRBackend(Protocol):
         ...
 
 
+class StagedBackend(Protocol):
+    """A backend that splits `transcribe` into host work before, device work, and host work after, so
+    that only device work holds the accelerator (the stage's model lock) and is counted as busy:
+
+        prepare(audios, languages, tasks=None) -> prepared   host: validate, sort, stage inputs
+                                                              (pinned buffers, copies on a side stream)
+        run(prepared) -> ran                                  device: the model; returns host data
+                                                              (token ids), nothing that needs decoding
+        finish(ran) -> list[Transcript | Exception]           host: tokenizer decode, scores
+
+    `transcribe(a, l)` must equal `finish(run(prepare(a, l)))`. `prepare` and `finish` may run in any
+    thread at the same time as another call's `run`; `run` calls are serialised by the stage. A
+    backend without these three methods is called through `transcribe`, all of it under the lock.
+
+    Optional: `release_memory()` frees cached device memory after an out-of-memory error (the stage
+    calls it after leaving the except block, before it retries the batch in halves)."""
+
+    def prepare(self, audios: Sequence[np.ndarray], languages: Sequence[str | None], tasks=None) -> Any: ...
+
+    def run(self, prepared: Any) -> Any: ...
+
+    def finish(self, ran: Any) -> list: ...
+
+
+def is_staged(backend: Any) -> bool:
+    """Whether a backend implements StagedBackend (all of prepare, run, finish)."""
+    return all(callable(getattr(backend, m, None)) for m in ("prepare", "run", "finish"))
+
+
 def local_revision(path: Path) -> str:
     """A stable revision for a local checkpoint directory: a hash of its file names and sizes and of
     its small JSON files (configs), so a changed checkpoint gets a new output version."""

@@ -350,14 +350,15 @@ class GraniteARBackend:
 
         torch = self.torch
         feats = [log_mel(a, "ar") for a in device_clips(audios, self.device)]
-        lengths = torch.tensor([f.shape[0] for f in feats], device=self.device)
+        frames = [f.shape[0] for f in feats]   # host ints: no device sync per clip below
+        lengths = torch.tensor(frames, device=self.device)
         batch = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).to(self.dtype)
         model = self.model.model
         with torch.inference_mode():
             hidden = conformer.ctc_encoder(model.encoder, batch, lengths)
             projected = model.projector(hidden)
         window, rate = self.window_size, self.downsample_rate
-        return [projected[i, :math.ceil(int(n) / window) * (window // rate)] for i, n in enumerate(lengths)]
+        return [projected[i, :math.ceil(n / window) * (window // rate)] for i, n in enumerate(frames)]
 
     def generate(self, prompts: list[list[int]], audio: list,
                  budgets: list[int]) -> list[tuple[list[int], str]]:

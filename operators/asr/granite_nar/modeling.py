@@ -28,6 +28,11 @@ from operators.asr import conformer
 from operators.asr.granite_nar import attention
 from operators.asr.granite_nar.config import NarConfig
 
+try:
+    from rapidfuzz.distance.Levenshtein import distance as _levenshtein
+except ImportError:  # pragma: no cover - rapidfuzz ships with jiwer, a dependency
+    _levenshtein = None
+
 LOGIT_CHUNK = 4096  # rows per vocabulary-head matmul (bounds the (rows x 100k) logits in memory)
 
 
@@ -55,6 +60,14 @@ def insertion_slots(ids: Sequence[int], blank: int, min_length: int) -> list[int
 
 
 def edit_distance(a: Sequence[int], b: Sequence[int]) -> int:
+    """Levenshtein distance of two token sequences (rapidfuzz's C code where installed: it comes
+    with jiwer; a plain-Python loop otherwise, e.g. on a bare GPU machine)."""
+    if _levenshtein is not None:
+        return _levenshtein(a, b)
+    return _edit_distance_py(a, b)
+
+
+def _edit_distance_py(a: Sequence[int], b: Sequence[int]) -> int:
     prev = list(range(len(b) + 1))
     for i, x in enumerate(a, 1):
         cur = [i] + [0] * len(b)
@@ -70,15 +83,33 @@ def agreement(hypothesis: Sequence[int], edited: Sequence[int]) -> float:
     return 1.0 if n == 0 else 1.0 - edit_distance(hypothesis, edited) / n
 
 
-def _argmax_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                 scale: float = 1.0) -> torch.Tensor:
-    """argmax over the vocabulary of (x @ weight.T + bias) / scale, LOGIT_CHUNK rows at a time."""
+_MM_OUT_DTYPE: dict[str, bool] = {}   # device type -> torch.mm(..., out_dtype=float32) runs there
+
+
+def _logits_fp32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x @ weight.T (+ bias) with float32 output. Half inputs on CUDA use torch.mm's `out_dtype`
+    (the tensor cores accumulate in fp32 anyway; only the rounding of the result to bf16 is avoided,
+    with no fp32 copy of a 100k-row head); elsewhere the operands are upcast."""
+    if x.dtype == torch.float32 and weight.dtype == torch.float32:
+        return F.linear(x, weight, bias)
+    dev = x.device.type
+    if _MM_OUT_DTYPE.get(dev, True):
+        try:
+            out = torch.mm(x, weight.t(), out_dtype=torch.float32)
+            _MM_OUT_DTYPE[dev] = True
+            return out if bias is None else out + bias.float()
+        except (TypeError, RuntimeError, NotImplementedError):
+            _MM_OUT_DTYPE[dev] = False
+    return F.linear(x.float(), weight.float(), None if bias is None else bias.float())
+
+
+def _argmax_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """argmax over the vocabulary of x @ weight.T + bias, logits in float32 (a bf16 rounding of
+    100k logits flips near-ties), LOGIT_CHUNK rows at a time. (A positive logits scale cannot change
+    the arg-max: none is applied.)"""
     out = []
     for chunk in x.split(LOGIT_CHUNK):
-        logits = F.linear(chunk, weight, bias)
-        if scale != 1.0:
-            logits = logits / scale
-        out.append(logits.argmax(-1))
+        out.append(_logits_fp32(chunk, weight, bias).argmax(-1))
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=x.device)
 
 
@@ -300,6 +331,14 @@ class EditorLM(nn.Module):
 
 
 @dataclass
+class EditorInputs:
+    embeds: torch.Tensor          # (1, L, D) packed [audio ; slots] per sample, before the multiplier
+    packing: attention.Packing    # the samples' boundaries
+    text_rows: torch.Tensor       # (S,) rows of the slot positions in the packed sequence
+    slot_lengths: list[int]       # slots per sample
+
+
+@dataclass
 class NarOutput:
     hypotheses: list[list[int]]   # encoder BPE CTC ids
     edited: list[list[int]]       # editor output ids
@@ -339,6 +378,41 @@ class GraniteSpeechNar(nn.Module):
         audio_lengths = [int(n) // ds for n in lengths.tolist()]
         return enc.hypotheses, audio, audio_lengths
 
+    def editor_inputs(self, hypotheses: Sequence[Sequence[int]], audio: torch.Tensor,
+                      audio_lengths: Sequence[int], backend: str = "sdpa_per_sample") -> EditorInputs:
+        """Pack every sample's [audio embeddings ; embedded insertion slots] into one sequence."""
+        cfg = self.config
+        lm = self.language_model.model
+        blank = cfg.blank_token_id
+        slots = [insertion_slots(h, blank, cfg.min_edit_sequence_length) for h in hypotheses]
+        dev = audio.device
+        text_emb = lm.embed_tokens(torch.tensor([t for s in slots for t in s], dtype=torch.long, device=dev))
+        pieces, rows, lengths, row, tpos = [], [], [], 0, 0
+        for i, (a, s) in enumerate(zip(audio_lengths, slots)):
+            pieces += [audio[i, :a].to(text_emb.dtype), text_emb[tpos:tpos + len(s)]]
+            rows.extend(range(row + a, row + a + len(s)))
+            lengths.append(a + len(s))
+            row += a + len(s)
+            tpos += len(s)
+        embeds = torch.cat(pieces).unsqueeze(0)
+        text_rows = torch.tensor(rows, dtype=torch.long).to(dev, non_blocking=True)
+        return EditorInputs(embeds, attention.Packing(lengths, backend, dev), text_rows,
+                            [len(s) for s in slots])
+
+    def editor_hidden(self, inputs: EditorInputs) -> torch.Tensor:
+        """The bidirectional editor over the packed sequence -> (L, D) final normed hidden states."""
+        return self.language_model.model(inputs.embeds, inputs.packing)[0]
+
+    def edit_ids(self, inputs: EditorInputs, hidden: torch.Tensor) -> list[list[int]]:
+        """Arg-max of the tied vocabulary head at the slot positions, collapsed per sample."""
+        text_hidden = hidden.index_select(0, inputs.text_rows)
+        ids = _argmax_rows(text_hidden, self.language_model.model.embed_tokens.weight).tolist()
+        out, start = [], 0
+        for n in inputs.slot_lengths:
+            out.append(ctc_collapse(ids[start:start + n], self.config.blank_token_id))
+            start += n
+        return out
+
     def edit(self, hypotheses: Sequence[Sequence[int]], audio: torch.Tensor, audio_lengths: Sequence[int],
              backend: str = "sdpa_per_sample", packed: bool = True) -> list[list[int]]:
         """One editing pass. packed=True: every sample in one sequence; False: one forward per
@@ -346,32 +420,23 @@ class GraniteSpeechNar(nn.Module):
         if not packed:
             return [self.edit([h], audio[i:i + 1], [a], backend)[0]
                     for i, (h, a) in enumerate(zip(hypotheses, audio_lengths))]
-        cfg = self.config
-        lm = self.language_model.model
-        blank = cfg.blank_token_id
-        slots = [insertion_slots(h, blank, cfg.min_edit_sequence_length) for h in hypotheses]
-        dev = audio.device
-        text_emb = lm.embed_tokens(torch.tensor([t for s in slots for t in s], dtype=torch.long, device=dev))
-        pieces, text_rows, lengths, row, tpos = [], [], [], 0, 0
-        for i, (a, s) in enumerate(zip(audio_lengths, slots)):
-            pieces += [audio[i, :a].to(text_emb.dtype), text_emb[tpos:tpos + len(s)]]
-            text_rows.append(torch.arange(row + a, row + a + len(s), device=dev))
-            lengths.append(a + len(s))
-            row += a + len(s)
-            tpos += len(s)
-        embeds = torch.cat(pieces).unsqueeze(0)
-        packing = attention.Packing(lengths, backend, dev)
-        hidden = lm(embeds, packing)[0]
-        text_hidden = hidden.index_select(0, torch.cat(text_rows))
-        ids = _argmax_rows(text_hidden, lm.embed_tokens.weight,
-                           scale=float(cfg.text_config.get("logits_scaling", 1.0))).tolist()
-        out, start = [], 0
-        for s in slots:
-            out.append(ctc_collapse(ids[start:start + len(s)], blank))
-            start += len(s)
-        return out
+        inputs = self.editor_inputs(hypotheses, audio, audio_lengths, backend)
+        return self.edit_ids(inputs, self.editor_hidden(inputs))
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor, backend: str = "sdpa_per_sample",
                 packed: bool = True) -> NarOutput:
         hyps, audio, audio_lengths = self.encode(features, lengths)
         return NarOutput(hyps, self.edit(hyps, audio, audio_lengths, backend, packed))
+
+
+def build_random(config: NarConfig, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 seed: int = 0) -> GraniteSpeechNar:
+    """A model with random weights, built directly on `device` and cast to `dtype`, its
+    non-persistent buffers (RoPE inverse frequencies, relative-position distances) re-created after the
+    cast: a blanket `.to(bf16)` would round inv_freq and give wrong rotary angles."""
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = GraniteSpeechNar(config)
+    model = model.to(dtype)
+    model.reset_buffers(torch.device(device))
+    return model.eval().requires_grad_(False)
