@@ -6,6 +6,7 @@ Ray dashboard's Metrics view). Names are prefixed `transcribe_`; every metric ca
 - transcribe_asr_batch_seconds        histogram model call latency per sub-batch
 - transcribe_asr_batch_fill           histogram segments per model call / asr.batch_size
 - transcribe_asr_segment_seconds_total counter  audio seconds sent to the model
+- transcribe_asr_oom_total            counter   device out-of-memory errors caught by the ASR stage
 
 Outside a Ray worker (unit tests, plain scripts) recording is a no-op.
 """
@@ -42,6 +43,8 @@ class JobMetrics:
                                           "by asr.batch_size.", boundaries=_FILL_BOUNDARIES, tag_keys=tags),
                 "segment_audio": metrics.Counter("transcribe_asr_segment_seconds_total",
                                                  "Audio seconds sent to the model.", tag_keys=tags),
+                "oom": metrics.Counter("transcribe_asr_oom_total", "Device out-of-memory errors caught "
+                                       "by the ASR stage (the batch was run in halves).", tag_keys=tags),
             }
         except Exception as e:  # noqa: BLE001 - metrics must never fail a job
             log.debug("metrics disabled: %s", e)
@@ -60,6 +63,10 @@ class JobMetrics:
             self._m["latency"].observe(seconds, tags=self._tags())
             self._m["fill"].observe(clips / max(1, batch_size), tags=self._tags())
             self._m["segment_audio"].inc(audio_s, tags=self._tags())
+
+    def out_of_memory(self) -> None:
+        if self._m:
+            self._m["oom"].inc(1, tags=self._tags())
 
     def written(self, ok: int, errors: int, audio_s: float) -> None:
         if self._m:

@@ -16,6 +16,8 @@ import pyarrow as pa
 
 from operators.schema import OK, error_kind
 
+SAMPLE_RATE = 16_000  # operators.config.SAMPLE_RATE: the ASR stage's caps are in samples at this rate
+
 STATS_SCHEMA = pa.schema([
     ("path", pa.string()),
     ("files", pa.int64()),
@@ -77,7 +79,11 @@ def block_perf(perf: pa.Table | None, write_cpu_s: float = 0.0) -> dict:
 
     out.update(decode_cpu_s=total("perf_decode_cpu_s"), vad_cpu_s=total("perf_vad_cpu_s"),
                speech_s=total("perf_speech_s"), asr_busy_s=total("perf_asr_busy_s"),
-               asr_cpu_s=total("perf_asr_cpu_s"), fetch_retries=int(total("perf_fetch_retries")))
+               asr_cpu_s=total("perf_asr_cpu_s"), fetch_retries=int(total("perf_fetch_retries")),
+               asr_ooms=total("perf_asr_ooms"), asr_splits=total("perf_asr_splits"))
+    caps = [r["perf_asr_cost_cap"] for r in rows if r.get("perf_asr_cost_cap")]
+    if caps:
+        out["asr_cost_cap"] = min(caps)
     out["decode_nodes"] = sorted({r["perf_decode_node"] for r in rows if r.get("perf_decode_node")})
     reads = [r["perf_read_at"] for r in rows if r.get("perf_read_at")]
     if reads:
@@ -131,6 +137,7 @@ class Summary:
         self.written_last: float | None = None
         self.actors: dict[str, dict] = {}
         self.decode_nodes: set[str] = set()
+        self.cost_cap: int | None = None  # the smallest ASR cap on a call's padded samples seen
 
     def add(self, stats: pa.Table) -> None:
         for r in stats.to_pylist():
@@ -147,8 +154,10 @@ class Summary:
 
     def _add_perf(self, p: dict) -> None:
         for k in ("decode_cpu_s", "vad_cpu_s", "speech_s", "asr_cpu_s", "write_cpu_s", "asr_busy_s",
-                  "fetch_retries", "write_retries"):
+                  "fetch_retries", "write_retries", "asr_ooms", "asr_splits"):
             self.cpu[k] += p.get(k, 0.0)
+        if p.get("asr_cost_cap"):
+            self.cost_cap = min(self.cost_cap or p["asr_cost_cap"], p["asr_cost_cap"])
         self.decode_nodes.update(p.get("decode_nodes") or ())
         if p.get("read_first"):
             self.read_first = min(self.read_first or p["read_first"], p["read_first"])
@@ -223,6 +232,12 @@ class Summary:
             "wer_reference_words": self.wer_words,
             "parquet_files_written": self.parts,
             "retries": {"fetch": int(self.cpu["fetch_retries"]), "write": int(self.cpu["write_retries"])},
+            # device out-of-memory errors the ASR stage caught, batches it halved (after one, or before a
+            # call over the cap), and the smallest cap it set on a call's padded audio (clips x longest
+            # clip, seconds; null: no out-of-memory error)
+            "asr_oom_errors": int(round(self.cpu["asr_ooms"])),
+            "asr_oom_splits": int(round(self.cpu["asr_splits"])),
+            "asr_frame_cap_s": self.cost_cap / SAMPLE_RATE if self.cost_cap else None,
             **self.feeding(extra.pop("job_started", None)),
             **extra,
         }
@@ -241,7 +256,8 @@ def format_summary(s: dict) -> str:
             "segments", "wall_seconds", "rtfx", "pipeline_wall_seconds", "model_busy_seconds",
             "model_busy_fraction", "first_model_call_after_first_read_s",
             "last_file_written_after_last_model_call_s", "speech_fraction", "model_seconds_saved_est",
-            "cpu_seconds_per_audio_hour", "retries", "wer",
+            "cpu_seconds_per_audio_hour", "retries", "asr_oom_errors", "asr_oom_splits",
+            "asr_frame_cap_s", "wer",
             "wer_files",
             "parquet_files_written", "output"]
     width = max(len(k) for k in keys)

@@ -55,6 +55,9 @@ ASR_PERF = [
     ("perf_actor_ready", pa.float64()),    # its model was loaded
     ("perf_call_first", pa.float64()),     # its batch's first model call began
     ("perf_call_last", pa.float64()),      # its batch's last model call ended
+    ("perf_asr_ooms", pa.float64()),       # device out-of-memory errors caught (batch figure, spread)
+    ("perf_asr_splits", pa.float64()),     # batches halved: after one, or before a call over the cap
+    ("perf_asr_cost_cap", pa.int64()),     # the actor's cap on a call's padded samples (null: none)
 ]
 PERF_COLUMNS = tuple(name for name, _ in DECODE_PERF + ASR_PERF)
 DECODE_PERF_COLUMNS = tuple(name for name, _ in DECODE_PERF)

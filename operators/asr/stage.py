@@ -5,6 +5,20 @@ runs them through the backend in sub-batches (cross-file batching), then stitche
 One output row per input row, in order. A failing sub-batch is retried clip by clip so only the
 clips that really fail become error rows.
 
+Failures of a model call (operators.asr.errors):
+- device out of memory: the stage drops the exception (its traceback holds the call's tensors), asks
+  the backend to `release_memory()`, and runs the batch in halves of its length order, down to single
+  clips (a single clip that still runs out is that file's `asr:` error). It also remembers a cap on
+  the padded audio of one call (clips x longest clip, in samples): after an out-of-memory error at cost
+  C the cap is at most C // 2, for the rest of the actor's life, and a batch over the cap is split
+  before it is tried, so batches as big as one that failed never run out again.
+- a sticky device error (illegal memory access, device-side assert, ECC...): the device context is
+  broken, so the actor process ends (one error line, exit status 70) and Ray Data starts a fresh actor
+  and retries the batch. A batch that has already ended STICKY_RETRIES actors on this node ends the
+  job instead (BackendLoadError), so a fault that some input triggers every time cannot loop.
+- every clip of a batch (two or more) failing on its own with the same error as the batch: the fault is
+  the backend's, not the clips'; the job ends with one line (BackendLoadError).
+
 Each row's task (transcribe / transcribe_raw / translate / both, target language, keywords) is the
 job's asr.* unless the row's task columns say otherwise; a row asking for something the backend cannot
 do becomes a `task:` error row. Backends that take per-clip tasks get them with the clips; the others
@@ -13,9 +27,13 @@ keep the two-argument call.
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import logging
 import os
 import socket
+import sys
+import tempfile
 import threading
 import time
 from datetime import datetime, timezone
@@ -25,9 +43,10 @@ import pyarrow as pa
 
 from operators.asr import load_backend
 from operators.asr.base import (TRANSLATE, TaskError, TaskSpec, accepts_tasks, capabilities, check_task,
-                                normalize_keywords, normalize_language, parse_task)
+                                is_staged, normalize_keywords, normalize_language, parse_task)
+from operators.asr.errors import (OutOfMemoryError, describe, drop_tracebacks, is_out_of_memory,
+                                  is_sticky_device_error)
 from operators.config import SAMPLE_RATE, JobConfig
-from operators.decode import from_pcm16, ray_node_id
 from operators.metrics import JobMetrics
 from operators.schema import ASR_OUT_SCHEMA, DECODE_PERF_COLUMNS, ERROR, OK, error_text
 from operators.segment import file_bounds, stitch
@@ -36,34 +55,51 @@ from operators.words import KeptTime, attach as attach_words
 log = logging.getLogger(__name__)
 
 NO_SPACE_LANGUAGES = {"ja", "zh", "th", "lo", "my", "km"}
+STICKY_EXIT_CODE = 70  # EX_SOFTWARE: the actor ended itself after a sticky device error
+STICKY_RETRIES = 2     # actors one batch may end on a node before the job ends instead
 
 
 class BackendLoadError(RuntimeError):
-    """The backend could not load on this worker (CUDA missing or out of memory, a driver mismatch...):
-    one line, so the driver can end the job with it (pipelines.transcribe.actor_failure)."""
+    """The backend could not load on this worker (CUDA missing or out of memory, a driver mismatch...),
+    or it fails whatever the input (every clip of a batch with the same error; a device fault that
+    follows one batch from actor to actor): one line, so the driver can end the job with it
+    (pipelines.transcribe.actor_failure). Raised from a call rather than from loading, Ray hands the
+    driver only its text, which actor_failure finds by this class's name: keep the name."""
 
 
 class ASRStage:
     """Runs in a threaded actor (asr.concurrent_batches calls at once): while one call holds the model,
     the others convert rows, cut segments and build output, so the model never waits for them. Model
-    calls are serialised by a lock; the time inside them is the accelerator's busy time."""
+    calls are serialised by a lock; the time inside them is the accelerator's busy time (for a staged
+    backend only its `run`: `prepare` and `finish` run outside the lock)."""
 
-    def __init__(self, cfg: JobConfig):
+    def __init__(self, cfg: JobConfig, backend=None):
+        """`backend`: an already built backend object to use instead of loading asr.backend (a check
+        script driving the stage without Ray)."""
         self.cfg = cfg
         self.started_at = time.time()
-        self.actor = f"{ray_node_id() or 'local'}/{socket.gethostname()}:{os.getpid()}"
+        self.actor = f"{_ray_node_id() or 'local'}/{socket.gethostname()}:{os.getpid()}"
         self._model_lock = threading.Lock()
+        self._state_lock = threading.Lock()  # the cap below, shared by the actor's threads
         self._local = threading.local()
-        try:
-            self.backend = load_backend(cfg.asr.backend, cfg.asr.model)
-        except Exception as e:  # noqa: BLE001 - one line instead of a chained traceback per retry
-            message = " ".join(str(e).split())[:400]
-            raise BackendLoadError(f"the {cfg.asr.backend} backend could not load on {socket.gethostname()} "
-                                   f"(pid {os.getpid()}): {type(e).__name__}: {message}") from None
+        if backend is not None:
+            self.backend = backend
+        else:
+            try:
+                self.backend = load_backend(cfg.asr.backend, cfg.asr.model)
+            except Exception as e:  # noqa: BLE001 - one line instead of a chained traceback per retry
+                message = " ".join(str(e).split())[:400]
+                raise BackendLoadError(f"the {cfg.asr.backend} backend could not load on "
+                                       f"{socket.gethostname()} (pid {os.getpid()}): {type(e).__name__}: "
+                                       f"{message}") from None
         self.batch_size = cfg.asr.batch_size
         self.default_language = cfg.asr.model.language
         self.caps = capabilities(type(self.backend))
         self.takes_tasks = accepts_tasks(self.backend)
+        self.staged = is_staged(self.backend)
+        self.prepare_takes_tasks = self.staged and _has_parameter(self.backend.prepare, "tasks")
+        # padded audio one call may hold (clips x longest clip, samples); None: no limit seen yet
+        self.cost_cap: int | None = None
         self.metrics = JobMetrics(cfg.name)
         self.ready_at = time.time()
 
@@ -85,17 +121,36 @@ class ASRStage:
         return spec
 
     def _call(self, clips: list[np.ndarray], langs: list[str | None], specs: list[TaskSpec]) -> list:
-        """One backend call under the model lock; its wall and thread-CPU time are accounted to this
-        thread's current batch (busy time, and CPU that is the backend's rather than the actor's)."""
+        """One backend call; only its device work holds the model lock, and the wall and thread-CPU
+        time under the lock are accounted to this thread's current batch (busy time, and CPU that is
+        the backend's rather than the actor's). A staged backend (base.StagedBackend) prepares and
+        finishes outside the lock, while another thread's call runs; any other backend transcribes
+        under it."""
+        acc = self._acc()
+        if self.staged:
+            if self.prepare_takes_tasks:
+                prepared = self.backend.prepare(clips, langs, tasks=specs)
+            else:
+                prepared = self.backend.prepare(clips, langs)
+            ran = self._locked(acc, self.backend.run, prepared)
+            del prepared
+            return list(self.backend.finish(ran))
+        if self.takes_tasks:
+            return list(self._locked(acc, self.backend.transcribe, clips, langs, tasks=specs))
+        return list(self._locked(acc, self.backend.transcribe, clips, langs))
+
+    def _acc(self) -> dict:
+        """This thread's current batch's accounting (a scratch one outside __call__, as in tests)."""
         acc = getattr(self._local, "acc", None)
-        if acc is None:  # called outside __call__ (tests): account to a scratch batch
+        if acc is None:
             acc = self._local.acc = _new_account()
+        return acc
+
+    def _locked(self, acc: dict, fn, *args, **kwargs):
         with self._model_lock:
             t0, c0 = time.time(), time.thread_time()
             try:
-                if self.takes_tasks:
-                    return list(self.backend.transcribe(clips, langs, tasks=specs))
-                return list(self.backend.transcribe(clips, langs))
+                return fn(*args, **kwargs)
             finally:
                 t1 = time.time()
                 acc["busy"] += t1 - t0
@@ -104,25 +159,103 @@ class ASRStage:
                 acc["last"] = max(acc["last"], t1)
 
     def _run(self, clips: list[np.ndarray], langs: list[str | None], specs: list[TaskSpec]) -> list:
-        """Transcripts or exceptions, one per clip; a failed batch is retried one by one."""
+        """Transcripts or exceptions, one per clip (clips in length order). A batch over the cost cap
+        is split in halves untried; one that runs out of device memory is split in halves after the
+        cache is freed; one that fails otherwise is retried one by one (BackendLoadError when every
+        clip fails alone with the batch's own error); a sticky device error ends the actor."""
+        n = len(clips)
+        cost = _padded_cost(clips)
+        cap = self.cost_cap
+        if n > 1 and cap is not None and cost > cap:
+            return self._halves(clips, langs, specs)
+        oom = sticky = error = None
         try:
             return self._call(clips, langs, specs)
-        except Exception as batch_error:  # noqa: BLE001
-            if len(clips) == 1:
-                return [batch_error]
-            log.warning("batch of %d clips failed (%s); retrying one by one", len(clips), batch_error)
-            return [self._run([c], [l], [t])[0] for c, l, t in zip(clips, langs, specs)]
+        except Exception as e:  # noqa: BLE001
+            drop_tracebacks(e)  # the frames hold the failed call's tensors
+            if is_out_of_memory(e):
+                oom = describe(e)  # a string: nothing of the exception outlives this block
+            elif is_sticky_device_error(e):
+                sticky = describe(e)
+            else:
+                error = e
+        if sticky is not None:
+            self._die(f"sticky device error in a call of {n} clips: {sticky}")
+            raise BackendLoadError(sticky)  # _die returns only where a test replaced it
+        if oom is not None:
+            self._out_of_memory(cost, n, oom)
+            if n == 1:
+                return [OutOfMemoryError(oom.split(": ", 1)[-1])]
+            return self._halves(clips, langs, specs)
+        if n == 1:
+            return [error]
+        log.warning("batch of %d clips failed (%s); retrying one by one", n, describe(error, 200))
+        results = [self._run([c], [l], [t])[0] for c, l, t in zip(clips, langs, specs)]
+        same = _signature(error)
+        if all(isinstance(r, Exception) and _signature(r) == same for r in results):
+            raise BackendLoadError(f"the {self.backend.name} backend failed on every clip of a batch of "
+                                    f"{n}, alone too, with the same error: {describe(error)}")
+        return results
+
+    def _halves(self, clips: list, langs: list, specs: list) -> list:
+        """The batch as two calls: the shorter half of its length order, then the longer."""
+        self._acc()["splits"] += 1
+        mid = len(clips) // 2
+        return (self._run(clips[:mid], langs[:mid], specs[:mid])
+                + self._run(clips[mid:], langs[mid:], specs[mid:]))
+
+    def _out_of_memory(self, cost: int, n: int, message: str) -> None:
+        """After an out-of-memory error at padded cost `cost` (outside the except block): free the
+        backend's cached device memory and lower the cap to cost // 2."""
+        self._acc()["ooms"] += 1
+        release = getattr(self.backend, "release_memory", None)
+        if callable(release):
+            try:
+                release()
+            except Exception as e:  # noqa: BLE001 - freeing memory must not fail the batch
+                log.warning("release_memory failed: %s", describe(e, 200))
+        new = max(1, cost // 2)
+        with self._state_lock:
+            lowered = self.cost_cap is None or new < self.cost_cap
+            if lowered:
+                self.cost_cap = new
+        if lowered:
+            log.warning("out of device memory on a call of %d clips (%.1f s of padded audio): calls are "
+                        "now capped at %.1f s of padded audio (clips x longest clip) on this actor; %s",
+                        n, cost / SAMPLE_RATE, new / SAMPLE_RATE, message[:300])
+        self.metrics.out_of_memory()
+
+    def _die(self, reason: str) -> None:
+        """End this actor's process: its device context is broken, and Ray Data replaces the actor and
+        retries its batches. A batch that already ended STICKY_RETRIES actors on this node (a fault the
+        input triggers every time) raises BackendLoadError instead, which ends the job."""
+        key = getattr(self._local, "batch_key", None)
+        seen = _note_sticky(self.cfg.name, key) if key else 0
+        if seen > STICKY_RETRIES:
+            raise BackendLoadError(f"the {self.backend.name} backend hit a device error on the same batch "
+                                    f"in {seen} actors: {reason}")
+        log.error("ASR actor %s ends itself (Ray Data starts a fresh one and retries its batches): %s",
+                  self.actor, reason)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001
+                pass
+        os._exit(STICKY_EXIT_CODE)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         cpu0 = time.thread_time()
         self._local.acc = acc = _new_account()
+        self._local.batch_key = _batch_key(batch)
         out = self._transcribe_batch(batch)
         n = max(1, len(out))
         cpu = max(0.0, time.thread_time() - cpu0 - acc["backend_cpu"])
         perf = {"perf_asr_busy_s": acc["busy"] / n, "perf_asr_cpu_s": cpu / n, "perf_actor": self.actor,
                 "perf_actor_started": self.started_at, "perf_actor_ready": self.ready_at,
                 "perf_call_first": acc["first"] if acc["busy"] else None,
-                "perf_call_last": acc["last"] if acc["busy"] else None}
+                "perf_call_last": acc["last"] if acc["busy"] else None,
+                "perf_asr_ooms": acc["ooms"] / n, "perf_asr_splits": acc["splits"] / n,
+                "perf_asr_cost_cap": self.cost_cap}
         for rec in out:
             rec.update(perf)
         return pa.Table.from_pylist(out, schema=ASR_OUT_SCHEMA)
@@ -140,7 +273,7 @@ class ASRStage:
         for i, r in enumerate(rows):
             if r["status"] != OK or i in task_errors:
                 continue
-            audio = from_pcm16(r["pcm16"])
+            audio = _from_pcm16(r["pcm16"])
             for j, (s, e) in enumerate(zip(r["seg_start"], r["seg_end"])):
                 clips.append((i, j, audio[s:e]))
         order = sorted(range(len(clips)), key=lambda k: len(clips[k][2]))
@@ -216,8 +349,74 @@ class ASRStage:
 
 
 def _new_account() -> dict:
-    """One batch's model-call accounting: busy wall seconds, the backend's thread CPU, first/last call."""
-    return {"busy": 0.0, "backend_cpu": 0.0, "first": float("inf"), "last": 0.0}
+    """One batch's model-call accounting: busy wall seconds, the backend's thread CPU, first/last call,
+    out-of-memory errors caught and halvings (after one, or before a call over the cap)."""
+    return {"busy": 0.0, "backend_cpu": 0.0, "first": float("inf"), "last": 0.0, "ooms": 0, "splits": 0}
+
+
+def _padded_cost(clips: list) -> int:
+    """Samples a call pads its batch to: clips x the longest clip."""
+    return len(clips) * max((len(c) for c in clips), default=0)
+
+
+def _signature(e: BaseException) -> tuple[str, str]:
+    return type(e).__name__, str(e)
+
+
+def _has_parameter(fn, name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _batch_key(batch: pa.Table) -> str | None:
+    """A batch's identity across actors (its audio ids), for counting the actors it ended."""
+    try:
+        ids = batch.column("audio_id").to_pylist()
+    except (KeyError, AttributeError):
+        return None
+    return hashlib.sha1("\n".join(map(str, ids)).encode()).hexdigest()[:16]
+
+
+def _note_sticky(job: str, key: str) -> int:
+    """Record on this node that batch `key` met a sticky device error; how many times it has in this
+    job (this one included). The count lives in a file under the temp directory, which outlives the
+    actor; the file is per job name, Ray session and Ray job."""
+    try:  # the Ray session (a cluster's start) and job: job ids restart at 01000000 on a new cluster
+        import ray
+
+        if ray.is_initialized():
+            session = getattr(getattr(ray._private.worker.global_worker, "node", None), "session_name", "")
+            job = f"{job}-{session}-{ray.get_runtime_context().get_job_id()}"
+    except Exception:  # noqa: BLE001 - no Ray (a check script): the job name alone
+        pass
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in job)[:80]
+    path = os.path.join(tempfile.gettempdir(), f"asr-sticky-{safe}-{os.getuid()}.log")
+    try:
+        with open(path, "a+") as f:
+            f.write(key + "\n")
+            f.flush()
+            f.seek(0)
+            return sum(1 for line in f if line.strip() == key)
+    except OSError:
+        return 1
+
+
+def _ray_node_id() -> str | None:
+    try:
+        from operators.decode import ray_node_id  # imports soundfile; absent where only torch is
+    except ImportError:
+        return None
+    return ray_node_id()
+
+
+def _from_pcm16(data: bytes) -> np.ndarray:
+    try:
+        from operators.decode import from_pcm16
+    except ImportError:  # no soundfile / soxr (a GPU check machine): the same conversion
+        return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32767.0
+    return from_pcm16(data)
 
 
 def _joiner(language: str | None) -> str:
