@@ -90,15 +90,4 @@ def test_backend_sub_batches_do_not_change_results(tmp_path):
     sub = [babble(float(rng.uniform(0.5, 12.0)), seed=i) for i in range(16)]
     assert big.transcribe_ids(sub) == small.transcribe_ids(sub)
 
-
-@pytest.mark.gpu
-def test_cuda_bf16_batch_invariance(tmp_path):
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
-    ckpt = build_tiny_checkpoint(tmp_path / "ckpt", seed=3)
-    b = GraniteNarBackend(ModelConfig(id=str(ckpt), device="cuda"))
-    assert b.dtype == torch.bfloat16
-    rng = np.random.default_rng(1)
-    sub = [babble(float(rng.uniform(0.5, 30.0)), seed=i) for i in range(16)]
-    batched = b.transcribe_ids(sub)
-    assert batched == [b.transcribe_ids([c])[0] for c in sub]
+# On CUDA: tests/unit/test_gpu_invariance.py (what bf16 and fp32 promise there, stated per test).
