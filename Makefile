@@ -39,3 +39,9 @@ corpus: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+## Wheels for the GPU check's offline device (pydantic, pyyaml, rapidfuzz for Python 3.10-3.13), into
+## .gpu_deps (git-ignored); see benchmarks/gpu_check.py and the README's "On a GPU".
+.PHONY: gpu-deps
+gpu-deps:
+	benchmarks/gpu_deps.sh $(GPU_DEPS_DIR)
