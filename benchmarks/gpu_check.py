@@ -471,20 +471,20 @@ def tokenizer_for(ctx: Ctx, cfg):
 def make_backend(ctx: Ctx, model, tokenizer, **options):
     from operators.asr.granite_nar.backend import GraniteNarBackend
 
-    if hasattr(GraniteNarBackend, "from_model"):
-        return GraniteNarBackend.from_model(model, tokenizer, options=options)
-    ctx.api_fallbacks.append("GraniteNarBackend.from_model missing: attributes set by hand")
-    from operators.asr.granite_nar import attention
+    return GraniteNarBackend.from_model(model, tokenizer, options=options)
 
-    b = GraniteNarBackend.__new__(GraniteNarBackend)
-    b.model_id, b.revision = "in-memory", "random"
-    b.max_clip_s = float(options.get("max_clip_s", 240.0))
-    b.max_batch = int(options.get("max_batch", 128))
-    b.empty_cache = bool(options.get("empty_cache", False))
-    b.device, b.dtype = model.device, model.dtype
-    b.attn_backend = attention.resolve_backend(str(options.get("attn_backend", "auto")), b.device, b.dtype)
-    b.model, b.tokenizer, b._last_shape = model, tokenizer, None
-    return b
+
+def random_backend(ctx: Ctx, max_batch: int):
+    """(device, config, model, tokenizer, backend): the full-size (or, dry, tiny) random model with
+    forced hypotheses, behind the production backend."""
+    dev, dtype = device(ctx), model_dtype(ctx)
+    cfg = nar_config(ctx)
+    model = build_model(ctx, cfg, dev, dtype)
+    ForcedHypotheses(model)
+    t = time.perf_counter()
+    tok = tokenizer_for(ctx, cfg)
+    ctx.result["tokenizer_build_s"] = round(time.perf_counter() - t, 2)
+    return dev, cfg, model, tok, make_backend(ctx, model, tok, max_batch=max_batch)
 
 
 class Audio:
@@ -824,17 +824,10 @@ def phase_backend(ctx: Ctx) -> None:
     from operators.asr.base import is_staged
     from operators.asr.features import batch_features
 
-    dev, dtype = device(ctx), model_dtype(ctx)
-    cfg = nar_config(ctx)
     r = ctx.result
     batch = 4 if ctx.dry else 128
     repeats = 1 if ctx.dry else 2
-    model = build_model(ctx, cfg, dev, dtype)
-    ForcedHypotheses(model)
-    t = time.perf_counter()
-    tok = tokenizer_for(ctx, cfg)
-    r["tokenizer_build_s"] = round(time.perf_counter() - t, 2)
-    backend = make_backend(ctx, model, tok, max_batch=batch)
+    dev, cfg, model, tok, backend = random_backend(ctx, batch)
     r["attn_backend"] = backend.attn_backend
     r["staged"] = staged = is_staged(backend)
     audio = Audio(ctx, 600.0 if not ctx.dry else 40.0)
@@ -863,7 +856,7 @@ def phase_backend(ctx: Ctx) -> None:
                 fig.update(run_s=round(run_s, 4), prepare_s=None, finish_s=round(total - run_s, 4))
             with torch.inference_mode():
                 feat_s, (feats, lengths) = timed(lambda: batch_features(clips, "nar", dev), dev, 1)
-                feats = feats.to(dtype)
+                feats = feats.to(model.dtype)
                 model_s, _ = timed(lambda: model(feats, lengths, backend=backend.attn_backend), dev, repeats)
                 del feats, lengths
             fig.update(model_only_s=round(model_s, 4), batch_features_s=round(feat_s, 4),
@@ -916,15 +909,10 @@ class _CountingRun:
 
 def phase_long(ctx: Ctx) -> None:
     torch = _torch()
-    dev, dtype = device(ctx), model_dtype(ctx)
-    cfg = nar_config(ctx)
     r = ctx.result
     big = 4 if ctx.dry else 256
     half = big // 2
-    model = build_model(ctx, cfg, dev, dtype)
-    ForcedHypotheses(model)
-    tok = tokenizer_for(ctx, cfg)
-    backend = make_backend(ctx, model, tok, max_batch=big)
+    dev, cfg, model, tok, backend = random_backend(ctx, big)
     audio = Audio(ctx, 600.0 if not ctx.dry else 40.0)
     clips = audio.fixed(big, 60.0)
     r["clip_s"] = round(len(clips[0]) / SR, 2)
@@ -1169,16 +1157,11 @@ def phase_tests(ctx: Ctx) -> None:
 
 def phase_stage(ctx: Ctx) -> None:
     torch = _torch()
-    dev, dtype = device(ctx), model_dtype(ctx)
-    cfg = nar_config(ctx)
     r = ctx.result
     n_files = 12 if ctx.dry else 480
     batch = 4 if ctx.dry else 128
     per_call = 3 if ctx.dry else 80     # 6 calls over 3 threads (configs/nar-h100.yaml: 256 files a call)
-    model = build_model(ctx, cfg, dev, dtype)
-    ForcedHypotheses(model)
-    tok = tokenizer_for(ctx, cfg)
-    backend = make_backend(ctx, model, tok, max_batch=batch)
+    dev, cfg, model, tok, backend = random_backend(ctx, batch)
     job = job_config(batch_size=batch, files_per_batch=per_call, concurrent_batches=3)
     threads = job.asr.concurrent_batches
     stage = make_stage(ctx, job, backend)
