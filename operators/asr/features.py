@@ -166,19 +166,20 @@ def _batch_log_mel(signal: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
     if signal.shape[1] < width:
         signal = torch.nn.functional.pad(signal, (0, width - signal.shape[1]))
     # centred reflect padding at each clip's own ends, by index: source sample of each padded position
-    pos = (torch.arange(width + 2 * half) - half).unsqueeze(0)
-    m = npad.unsqueeze(1)
+    # (index math on the device: the (B, L) index would be hundreds of MB to build and copy on the host)
+    pos = (torch.arange(width + 2 * half, device=dev) - half).unsqueeze(0)
+    m = npad.to(dev).unsqueeze(1)
     src = pos.abs()
     src = torch.where(src >= m, 2 * (m - 1) - src, src)
     inside = src >= 0                                  # past the clip's reflected end: zeros (unused)
-    src = src.clamp(0, width - 1).to(dev)
-    x = torch.gather(signal.float(), 1, src.expand(b, -1)) * inside.to(dev)
+    x = torch.gather(signal.float(), 1, src.clamp(0, width - 1)) * inside
     spec = torch.stft(x, N_FFT, hop_length=HOP, win_length=WIN_LENGTH, window=_window(str(dev)),
                       center=False, normalized=False, onesided=True, return_complex=True)
     power = spec.real.square() + spec.imag.square()     # (B, freqs, frames)
     logmel = (power.transpose(1, 2) @ mel_filterbank(device=str(dev))).clamp(min=1e-10).log10()
-    keep = (2 * (n // 320)).to(dev)
-    t = int(keep.max())
+    keep = 2 * (n // 320)
+    t = int(keep.max())                                # host ints: no device sync
+    keep = keep.to(dev)
     logmel = logmel[:, :t]
     valid = (torch.arange(t, device=dev).unsqueeze(0) < keep.unsqueeze(1)).unsqueeze(-1)
     peak = logmel.masked_fill(~valid, float("-inf")).amax(dim=(1, 2), keepdim=True)
