@@ -817,6 +817,11 @@ def phase_model(ctx: Ctx) -> None:
                 free_cache(dev)
                 ctx.save()
     forced.handle.remove()
+    from operators.asr.granite_nar import modeling
+
+    # how the vocabulary heads got fp32 logits: torch.mm(out_dtype=float32) (True) or by upcasting (False)
+    r["heads_mm_out_dtype"] = modeling._MM_OUT_DTYPE.get(dev.type if hasattr(dev, "type") else str(dev))
+    ctx.save()
 
 
 def phase_backend(ctx: Ctx) -> None:
