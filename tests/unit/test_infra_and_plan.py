@@ -37,7 +37,9 @@ def _rayjob_specs() -> list[tuple[str, dict]]:
                 out.append((f"{path.name}:RayCronJob", doc["spec"]["jobTemplate"]))
             elif kind == "ConfigMap":
                 for key, text in doc.get("data", {}).items():
-                    inner = yaml.safe_load(text)
+                    if not key.endswith(".yaml"):
+                        continue    # the CronJob's script
+                    inner = yaml.safe_load(text.replace("__SLOT__", "20260309"))
                     if isinstance(inner, dict) and inner.get("kind") == "RayJob":
                         out.append((f"{path.name}:{key}", inner["spec"]))
     return out
@@ -46,7 +48,7 @@ def _rayjob_specs() -> list[tuple[str, dict]]:
 def test_manifests_exist_and_parse():
     names = {p.name for p in MANIFESTS}
     assert {"raycluster.yaml", "rayjob-archive.yaml", "raycronjob.yaml", "cronjob-rayjob.yaml",
-            "aws-gpu.yaml"} <= names
+            "serviceaccount.yaml", "aws-gpu.yaml"} <= names
     for path in MANIFESTS:
         assert _docs(path), path
 
@@ -80,7 +82,9 @@ def test_rayjob_specs_have_required_fields():
             assert "rayClusterSpec" not in spec and "shutdownAfterJobFinishes" not in spec, name
         else:
             _check_cluster_spec(spec["rayClusterSpec"])
-            assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] > 0
+            # the cluster goes when the job ends (deletion rules: test_infra_kuberay_rules.py)
+            policies = {r["policy"] for r in spec["deletionStrategy"]["deletionRules"]}
+            assert {"DeleteCluster", "DeleteSelf"} <= policies, name
 
 
 def test_schedules():
@@ -95,7 +99,8 @@ def test_schedules():
     assert pod["volumes"][0]["configMap"]["name"] == docs["ConfigMap"]["metadata"]["name"]
     assert "create" in docs["Role"]["rules"][0]["verbs"] and "rayjobs" in docs["Role"]["rules"][0]["resources"]
     inner = yaml.safe_load(docs["ConfigMap"]["data"]["rayjob.yaml"])
-    assert "generateName" in inner["metadata"]
+    assert inner["metadata"]["name"] == "transcribe-nightly-__SLOT__"      # the script puts the UTC date
+    assert "create-rayjob.sh" in docs["ConfigMap"]["data"]
 
 
 @pytest.mark.parametrize("name,spec", _rayjob_specs(), ids=[n for n, _ in _rayjob_specs()])
