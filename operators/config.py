@@ -19,6 +19,19 @@ SAMPLE_RATE = 16_000
 # schemes a manifest row may name by default (with the input's own and local files); see
 # InputConfig.allowed_schemes
 OBJECT_STORE_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
+# What an audio glob/prefix lists and a tar shard takes by default (input.extensions): every format the
+# decoders open from bytes. The one place this set lives (operators.sources re-exports it).
+AUDIO_EXTENSIONS = (
+    # libsndfile (soundfile)
+    ".wav", ".wave", ".bwf", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".aifc", ".au",
+    ".snd", ".caf", ".w64", ".rf64", ".sph", ".nist", ".voc",
+    # FFmpeg (PyAV) audio
+    ".m4a", ".m4b", ".aac", ".ac3", ".eac3", ".dts", ".amr", ".awb", ".3ga", ".mka", ".wma", ".asf",
+    ".ape", ".wv", ".tta", ".tak", ".mpc", ".mp2", ".mpa", ".spx", ".ra", ".dss",
+    # FFmpeg video containers: their first audio stream is decoded, never the video frames
+    ".mp4", ".m4v", ".mov", ".qt", ".webm", ".mkv", ".3gp", ".3g2", ".wmv", ".avi", ".flv", ".ogv",
+    ".mpg", ".mpeg", ".mts", ".m2ts", ".mxf", ".rm",
+)  # not .ts (TypeScript sources in a mixed bucket), nor headerless .raw/.pcm/.gsm (no decoder can probe them)
 _SCHEME = re.compile(r"[a-z][a-z0-9+.\-]*")
 
 
@@ -37,8 +50,9 @@ class InputConfig(_Section):
     format: Literal["auto", "manifest", "audio", "webdataset", "hf_parquet"] = Field(
         "auto", description="How to read `uri`; auto decides from extensions and the Parquet schema.")
     extensions: list[str] = Field(
-        [".wav", ".flac", ".ogg", ".opus", ".mp3", ".m4a"],
-        description="Audio extensions listed from a glob/prefix and taken from tar shards.")
+        list(AUDIO_EXTENSIONS),
+        description="Audio extensions listed from a glob/prefix and taken from tar shards (default: "
+        "AUDIO_EXTENSIONS, every format the decoders read); other files are counted as left out.")
     storage_options: dict[str, Any] = Field(
         default_factory=dict, description="fsspec options (e.g. endpoint_url, key, secret); never "
         "logged. Without them s3fs reads the standard AWS_* environment.")

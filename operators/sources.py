@@ -24,7 +24,7 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from operators import storage
-from operators.config import InputConfig
+from operators.config import AUDIO_EXTENSIONS, InputConfig  # noqa: F401 - AUDIO_EXTENSIONS re-exported
 from operators.schema import SOURCE_SCHEMA, TASK_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -187,10 +187,30 @@ class Source:
         self.cfg = cfg
         self.uri = cfg.uri
         self.opts = cfg.storage_options
+        self.left_out = storage.LeftOut()  # what the last list_units() saw and did not take
+        self.files_listed = 0              # the files it took (audio files, manifests, shards)
 
     def list_units(self) -> pa.Table:
         """Driver side: SOURCE_SCHEMA rows (flat forms) or a table with column `unit` (containers)."""
         raise NotImplementedError
+
+    def _list(self, extensions, detail: bool = False):
+        """storage.list_files(_detail) of the input, counting what it leaves out (self.left_out)."""
+        self.left_out = storage.LeftOut()
+        lister = storage.list_files_detail if detail else storage.list_files
+        files = lister(self.uri, self.opts, extensions=extensions, left_out=self.left_out)
+        self.files_listed = len(files)
+        return files
+
+    def listing_report(self) -> dict:
+        """The listing's figures for --plan and the summary: every file seen under the input, those
+        taken, and those left out by reason (extension, no_extension, hidden) with example keys."""
+        return {"input_files_seen": self.files_listed + self.left_out.total,
+                "input_files_left_out": self.left_out.total,
+                "input_left_out_by": self.left_out.as_dict()}
+
+    def _none_found(self, what: str) -> InputError:
+        return InputError(f"no {what} under {self.uri!r}; left out: {self.left_out.describe()}")
 
     def expand(self, unit: str) -> pa.Table:  # pragma: no cover - containers override
         raise NotImplementedError
@@ -226,9 +246,9 @@ class ManifestSource(Source):
             raise InputError(f"manifest {uri!r} is not valid JSON Lines: {e}") from None
 
     def list_units(self) -> pa.Table:
-        files = storage.list_files(self.uri, self.opts, extensions=MANIFEST_EXTS + (".parquet",))
+        files = self._list(MANIFEST_EXTS + (".parquet",))
         if not files:
-            raise InputError(f"no manifest files match {self.uri!r}")
+            raise self._none_found(f"manifest files ({', '.join(MANIFEST_EXTS)}, .parquet)")
         tables = [self._normalise(self._read(f), f) for f in files]
         return pa.concat_tables(tables)
 
@@ -268,9 +288,9 @@ class AudioFilesSource(Source):
     """A glob, directory or prefix of audio files; audio_id = path below the input root."""
 
     def list_units(self) -> pa.Table:
-        files = storage.list_files_detail(self.uri, self.opts, extensions=self.cfg.extensions)
+        files = self._list(self.cfg.extensions, detail=True)
         if not files:
-            raise InputError(f"no audio files with extensions {self.cfg.extensions} under {self.uri!r}")
+            raise self._none_found("audio files with the extensions of input.extensions")
         return source_table([storage.relative_id(f, self.uri) for f in files], list(files),
                             versions=list(files.values()))
 
@@ -282,9 +302,9 @@ class WebDatasetSource(Source):
     expands = True
 
     def list_units(self) -> pa.Table:
-        shards = storage.list_files(self.uri, self.opts, extensions=(".tar",))
+        shards = self._list((".tar",))
         if not shards:
-            raise InputError(f"no .tar shards under {self.uri!r}")
+            raise self._none_found(".tar shards")
         return pa.table({"unit": shards})
 
     def unit_id(self, unit: str) -> str:
@@ -383,9 +403,9 @@ class HFParquetSource(Source):
     expands = True
 
     def list_units(self) -> pa.Table:
-        files = storage.list_files(self.uri, self.opts, extensions=(".parquet",))
+        files = self._list((".parquet",))
         if not files:
-            raise InputError(f"no .parquet files under {self.uri!r}")
+            raise self._none_found(".parquet files")
         return pa.table({"unit": files})
 
     def expand(self, unit: str) -> pa.Table:

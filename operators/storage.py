@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
+import re
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -81,19 +83,73 @@ def is_glob(uri: str) -> bool:
     return any(ch in uri for ch in "*?[")
 
 
+HIDDEN = "hidden"                # a name below the root starting with '.' or '_'
+NO_EXTENSION = "no_extension"    # no (sane) extension: README, 'call 3.5 (final)'
+OTHER_EXTENSIONS = "other_extensions"  # past LeftOut.MAX_REASONS distinct extensions
+_EXTENSION = re.compile(r"\.[a-z0-9][a-z0-9_+\-]{0,9}")
+
+
+def left_out_reason(name: str) -> str:
+    """Why a listing filtered by extension left out the file `name`: its extension ('.txt'), or
+    no_extension."""
+    ext = posixpath.splitext(name.lower())[1]
+    return ext if _EXTENSION.fullmatch(ext) else NO_EXTENSION
+
+
+class LeftOut:
+    """Files a listing saw and left out, by reason (an extension such as '.txt', `no_extension`,
+    `hidden`), each with its count and the first few keys (below the input root), so nothing is
+    skipped silently. Bounded: at most MAX_REASONS reasons, then `other_extensions`."""
+
+    EXAMPLES = 3
+    MAX_REASONS = 24
+
+    def __init__(self):
+        self.counts: Counter = Counter()
+        self.examples: dict[str, list[str]] = {}
+
+    def add(self, reason: str, key: str) -> None:
+        if reason not in self.counts and len(self.counts) >= self.MAX_REASONS:
+            reason = OTHER_EXTENSIONS
+        self.counts[reason] += 1
+        keys = self.examples.setdefault(reason, [])
+        if len(keys) < self.EXAMPLES:
+            keys.append(key)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def as_dict(self) -> dict[str, dict]:
+        """{reason: {"files": n, "examples": [key, ...]}}, the most frequent reason first."""
+        return {r: {"files": n, "examples": sorted(self.examples[r])}
+                for r, n in sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))}
+
+    def describe(self) -> str:
+        """One line: '3 files (.txt 2: a.txt, b.txt; hidden 1: _SUCCESS)', or 'none'."""
+        if not self.total:
+            return "none"
+        parts = [f"{r} {v['files']}: {', '.join(v['examples'])}" for r, v in self.as_dict().items()]
+        return f"{self.total} file{'s' if self.total != 1 else ''} ({'; '.join(parts)})"
+
+
 def list_files(uri: str, storage_options: dict[str, Any] | None = None,
-               extensions: tuple[str, ...] | list[str] | None = None) -> list[str]:
+               extensions: tuple[str, ...] | list[str] | None = None,
+               left_out: LeftOut | None = None) -> list[str]:
     """Sorted file URIs under a prefix/directory, matching a glob, or the single file `uri` names.
 
     Hidden and underscore-prefixed names are skipped (they are markers, summaries or temp files).
+    `left_out` receives every file skipped, with its reason.
     """
-    return list(list_files_detail(uri, storage_options, extensions))
+    return list(list_files_detail(uri, storage_options, extensions, left_out))
 
 
 def list_files_detail(uri: str, storage_options: dict[str, Any] | None = None,
-                      extensions: tuple[str, ...] | list[str] | None = None) -> dict[str, str]:
+                      extensions: tuple[str, ...] | list[str] | None = None,
+                      left_out: LeftOut | None = None) -> dict[str, str]:
     """Like list_files, as {uri: version} where version = "size:ETag" (object stores) or
-    "size:mtime" (local files): what the listing says about each object, for change detection."""
+    "size:mtime" (local files): what the listing says about each object, for change detection.
+    `left_out` (optional) counts the files skipped: hidden/underscore names and other extensions."""
     fs, path = filesystem(uri, storage_options)
     single = False
     if is_glob(uri):
@@ -111,10 +167,15 @@ def list_files_detail(uri: str, storage_options: dict[str, Any] | None = None,
             continue
         full = unstrip(p, uri)
         name = p.rstrip("/").rsplit("/", 1)[-1]
+        key = relative_id(full, uri)
         # hidden / underscore names below the root are markers, summaries, temp or checkpoint dirs
-        if not single and any(part.startswith((".", "_")) for part in relative_id(full, uri).split("/")):
+        if not single and any(part.startswith((".", "_")) for part in key.split("/")):
+            if left_out is not None:
+                left_out.add(HIDDEN, key)
             continue
         if exts and not name.lower().endswith(exts):
+            if left_out is not None:
+                left_out.add(left_out_reason(name), key)
             continue
         tag = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
         out[full] = f"{info.get('size')}:{str(tag).strip(chr(34))}"
@@ -231,17 +292,23 @@ def _fetch_once(uris: list[str], storage_options: dict[str, Any] | None = None) 
         paths = [filesystem(u, storage_options)[1] for u in uris]
     except Exception as e:  # noqa: BLE001 - no filesystem for this scheme: an error per file, not a lost block
         return [e] * len(uris)
-    try:
-        got = fs.cat(paths, on_error="return")
-    except Exception:  # a filesystem without batched cat: one at a time
-        got = {}
-        for p in paths:
-            try:
-                got[p] = fs.cat_file(p)
-            except Exception as e:  # noqa: BLE001 - returned per file
-                got[p] = e
-    if not isinstance(got, dict):  # a single path comes back as bytes
-        got = {paths[0]: got}
+    # fsspec's batched cat expands glob characters: a key such as 'call [8k].wav' would match nothing
+    # and come back missing, so such keys are read one by one, literally (cat_file does not glob)
+    batched = [p for p in paths if not is_glob(p)]
+    literal = [p for p in paths if is_glob(p)]
+    got: Any = {}
+    if batched:
+        try:
+            got = fs.cat(batched, on_error="return")
+        except Exception:  # a filesystem without batched cat: one at a time
+            literal = paths
+        if not isinstance(got, dict):  # a single path comes back as bytes
+            got = {batched[0]: got}
+    for p in literal:
+        try:
+            got[p] = fs.cat_file(p)
+        except Exception as e:  # noqa: BLE001 - returned per file
+            got[p] = e
     return [got.get(p, FileNotFoundError(u)) for p, u in zip(paths, uris)]
 
 

@@ -144,6 +144,8 @@ def describe(cfg: JobConfig, info: dict, source: sources.Source, units: pa.Table
     inputs = {"uri": cfg.input.uri, "form": type(source).__name__, "listed": units.num_rows,
               "listed_as": "containers (rows known once read)" if source.expands else "files",
               "already_written_for_this_revision": done}
+    # every file the listing saw and what it left out (other extensions, hidden names), by reason
+    inputs.update({k.removeprefix("input_"): v for k, v in source.listing_report().items()})
     if not source.expands:
         inputs["to_transcribe"] = max(0, min(units.num_rows - done, cfg.input.limit or units.num_rows))
     return {
@@ -317,6 +319,10 @@ def prepare(cfg: JobConfig, schedule_slot: str | None = None, check: bool = True
                 f"{storage.credential_source(cfg.input.storage_options, 'input')}; check them (or "
                 "input.storage_options)") from None
         raise
+    info.update(source.listing_report())  # files seen / left out by reason: --plan and the summary
+    if source.left_out.total:
+        log.warning("the listing of %s left out %s; input.extensions lists what is taken",
+                    cfg.input.uri, source.left_out.describe())
     return info, source, units
 
 

@@ -139,16 +139,25 @@ def test_audio_files_ids_sorted_relative_filtered(tmp_path):
     _touch(root, ["b.wav", "a.FLAC", "sub/c.mp3", "sub/deeper/d.opus", ".hidden.wav", "_tmp.wav",
                   "sub/.x.wav", "notes.txt", "cover.jpg"])
     for uri in (root, f"{root}/"):
-        t = AudioFilesSource(_cfg(uri)).list_units()
+        src = AudioFilesSource(_cfg(uri))
+        t = src.list_units()
         assert t["audio_id"].to_pylist() == ["a.FLAC", "b.wav", "sub/c.mp3", "sub/deeper/d.opus"]
         assert t["source_uri"].to_pylist() == [f"{root}/{i}" for i in t["audio_id"].to_pylist()]
         assert t["audio_bytes"].null_count == 4
+        # nothing skipped silently: what was left out, by reason, with example keys
+        assert src.listing_report() == {
+            "input_files_seen": 9, "input_files_left_out": 5, "input_left_out_by": {
+                "hidden": {"files": 3, "examples": [".hidden.wav", "_tmp.wav", "sub/.x.wav"]},
+                ".jpg": {"files": 1, "examples": ["cover.jpg"]},
+                ".txt": {"files": 1, "examples": ["notes.txt"]}}}
 
 
 def test_audio_files_extension_filter(tmp_path):
     _touch(tmp_path, ["a.wav", "b.flac", "c.mp3"])
-    t = AudioFilesSource(_cfg(tmp_path, extensions=[".flac", ".MP3"])).list_units()
+    src = AudioFilesSource(_cfg(tmp_path, extensions=[".flac", ".MP3"]))
+    t = src.list_units()
     assert t["audio_id"].to_pylist() == ["b.flac", "c.mp3"]
+    assert src.listing_report()["input_left_out_by"] == {".wav": {"files": 1, "examples": ["a.wav"]}}
 
 
 def test_audio_files_glob(tmp_path):
