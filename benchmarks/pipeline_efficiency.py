@@ -13,6 +13,11 @@ accelerator of fixed speed. One run, one local Ray cluster, figures side by side
 5. decode      (--decode-compare) capacity over --small files with decode as Ray tasks vs the decode
                actor pool, each with segment.vad none and silero: audio-s per wall-s per core and
                decode / VAD CPU-seconds per audio-hour, side by side.
+6. before      (--vad-before silero_full) scenario 1 first with segment.vad=silero_full (the detector on
+               every window, as before issue 19), then as configured: both capacities, per-core ratio.
+7. detectors   (--vad-options) each voice-activity option in this process, one thread, on the
+               --distinct files and on long recordings (speech, pauses, music): CPU-seconds per
+               audio-hour and whether its regions match silero_full's (vad_options()).
 
 Targets (issue 9): busy >= 0.95 in 2 and 3; capacity >= 0.8 of libsndfile; actor-only busy >= 0.97.
 Files are --distinct encoded FLACs hard-linked under --files names (decoding cost is per file read).
@@ -35,6 +40,8 @@ import time
 from pathlib import Path
 
 import soundfile as sf
+
+SAMPLE_RATE = 16_000
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -76,12 +83,12 @@ def libsndfile_rate(files: list[Path]) -> float:
     return seconds / (time.process_time() - c)
 
 
-def process_cpu() -> dict[str, float]:
-    """CPU seconds so far of this machine's processes, grouped by role (driver, raylet, gcs, workers by
-    their current title, ...): the profile of where the CPU goes."""
+def process_cpu() -> dict[int, tuple[str, float]]:
+    """CPU seconds so far of this machine's processes by pid, with their role (driver, raylet, gcs,
+    workers by their current title, ...): `cpu_profile` of two of these is where the CPU went."""
     import psutil
 
-    out: dict[str, float] = {}
+    out: dict[int, tuple[str, float]] = {}
     for proc in psutil.process_iter(["name", "cmdline", "cpu_times"]):
         try:
             cmd = " ".join(proc.info["cmdline"] or [])[:80]
@@ -100,8 +107,17 @@ def process_cpu() -> dict[str, float]:
             role = "other ray daemons"
         else:
             continue
-        out[role] = out.get(role, 0.0) + t.user + t.system
+        out[proc.pid] = (role, t.user + t.system)
     return out
+
+
+def cpu_profile(before: dict, after: dict, hours: float) -> dict[str, float]:
+    """CPU seconds per audio-hour by role between two process_cpu() snapshots: each process alive at the
+    end counts what it spent since the first (processes that ended in between are not seen)."""
+    out: dict[str, float] = {}
+    for pid, (role, cpu) in after.items():
+        out[role] = out.get(role, 0.0) + (cpu - before.get(pid, (role, 0.0))[1]) / hours
+    return dict(sorted(out.items()))
 
 
 def job(input_dir: Path, out: Path, rtfx: float, per_call_s: float, extra: list[str]) -> dict:
@@ -154,6 +170,105 @@ def actor_only(input_dir: Path, n: int, rtfx: float, extra: list[str]) -> dict:
             "busy_over_model_ready_to_end": busy / (end - started), "wall_s": end - t0}
 
 
+def vad_options(files: list[Path], recordings: int = 3) -> dict:
+    """Each voice-activity option's CPU-seconds per audio-hour in this process (one thread), on the corpus
+    files and on `recordings` long recordings (4 min: speech, pauses, a long silence every 6th sentence,
+    music, a noise floor), and how many files' regions differ from silero_full's (count, or an edge
+    more than pad_s away). ONNX Runtime runs the package's two ONNX exports: the streaming model (one
+    window per call, batched over pieces) and the sequence model (a whole file per call, batch 1)."""
+    import io
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from operators.config import SegmentConfig
+    from operators.decode import decode_audio
+    from operators.vad import WINDOW, EnergyVAD, SileroVAD, speech_regions
+    from pipelines import demo_corpus
+
+    data_dir = Path(__import__("silero_vad").__file__).parent / "data"
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+
+    def framed(a):  # windows of 512 with the 64 samples before each (the models' context)
+        n = -(-len(a) // WINDOW)
+        fr = np.zeros((n, WINDOW), np.float32)
+        fr.reshape(-1)[:len(a)] = a
+        out = np.zeros((n, WINDOW + 64), np.float32)
+        out[:, 64:] = fr
+        out[1:, :64] = fr[:-1, -64:]
+        return out
+
+    seq = ort.InferenceSession(str(data_dir / "silero_vad_16k_sequence.onnx"), opts,
+                               providers=["CPUExecutionProvider"])
+    stream = ort.InferenceSession(str(data_dir / "silero_vad.onnx"), opts, providers=["CPUExecutionProvider"])
+
+    def onnx_sequence(audios):
+        zero = np.zeros((1, 1, 128), np.float32)
+        return [seq.run(["speech_probs"], {"input": framed(a), "h": zero, "c": zero})[0] for a in audios]
+
+    def onnx_stream(audios, per_call=256):  # pieces as SileroVAD cuts them, one window per call
+        from operators.vad import CHUNK_WINDOWS, WARM_WINDOWS
+        out = [np.zeros(-(-len(a) // WINDOW), np.float32) for a in audios]
+        pieces = []
+        for f, a in enumerate(audios):
+            fr = np.concatenate([np.zeros((WARM_WINDOWS, WINDOW + 64), np.float32), framed(a)])
+            for w0 in range(0, len(out[f]), CHUNK_WINDOWS):
+                pieces.append((f, w0, fr[w0: w0 + WARM_WINDOWS + min(CHUNK_WINDOWS, len(out[f]) - w0)]))
+        pieces.sort(key=lambda p: len(p[2]))
+        sr = np.array(16000, np.int64)
+        for at in range(0, len(pieces), per_call):
+            group = pieces[at:at + per_call]
+            steps = max(len(p[2]) for p in group)
+            x = np.zeros((steps, len(group), WINDOW + 64), np.float32)
+            for r, (_, _, fr) in enumerate(group):
+                x[:len(fr), r] = fr
+            state = np.zeros((2, len(group), 128), np.float32)
+            probs = np.zeros((steps, len(group)), np.float32)
+            for t in range(steps):
+                p, state = stream.run(None, {"input": x[t], "state": state, "sr": sr})
+                probs[t] = p[:, 0]
+            for r, (f, w0, fr) in enumerate(group):
+                n = len(fr) - WARM_WINDOWS
+                out[f][w0:w0 + n] = probs[WARM_WINDOWS:WARM_WINDOWS + n, r]
+        return out
+
+    full, gated, energy = SileroVAD(gate=False), SileroVAD(gate=True), EnergyVAD()
+    options = {"silero_full (torchscript, every window)": full.probs,
+               "silero (torchscript, gated)": gated.probs,
+               "onnx sequence model (every window)": onnx_sequence,
+               "onnx streaming model (every window)": onnx_stream,
+               "energy": energy.probs}
+    corpus = [sf.read(str(p), dtype="float32")[0] for p in files]
+    recs = [decode_audio(demo_corpus.build_recording(240.0, seed=3 + i, music_s=20.0, noise_db=-65.0 + 12 * i)[0])
+            for i in range(recordings)]
+    cfg = SegmentConfig().for_backend(30.0, 30.0)
+    out: dict = {}
+    for set_name, audios in (("corpus", corpus), ("recordings", recs)):
+        hours = sum(len(a) for a in audios) / SAMPLE_RATE / 3600
+        ref = None
+        for name, fn in options.items():
+            fn(audios[:2])
+            gated.windows_run = gated.windows_seen = 0
+            c = time.process_time()
+            probs = fn(audios)
+            c = time.process_time() - c
+            ref = probs if ref is None else ref
+            differ = 0
+            for a, p, q in zip(audios, probs, ref):
+                mine, theirs = speech_regions(p, len(a), cfg), speech_regions(q, len(a), cfg)
+                if len(mine) != len(theirs) or any(max(abs(x - y), abs(u - v)) > cfg.pad_s * SAMPLE_RATE
+                                                   for (x, u), (y, v) in zip(mine, theirs)):
+                    differ += 1
+            row = {"cpu_s_per_audio_hour": c / hours, "files_whose_regions_differ_from_silero_full": differ,
+                   "files": len(audios)}
+            if fn == gated.probs:
+                row["model_windows_per_window"] = gated.windows_run / max(1, gated.windows_seen)
+            out.setdefault(set_name, {})[name] = row
+            print(json.dumps({set_name: {name: row}}), flush=True)
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--files", type=int, default=20000)
@@ -165,6 +280,9 @@ def main() -> int:
     p.add_argument("--baseline", action="store_true", help="also run scenarios 2 and 3 with BASELINE")
     p.add_argument("--skip", action="append", default=[], choices=["capacity", "small", "large", "actor"])
     p.add_argument("--decode-compare", action="store_true", help="scenario 5: decode tasks vs actors")
+    p.add_argument("--vad-before", metavar="METHOD", help="scenario 6: run the capacity scenario first with "
+                   "segment.vad=METHOD (silero_full: the detector on every window), side by side")
+    p.add_argument("--vad-options", action="store_true", help="scenario 7: the detectors' own cost, in process")
     args = p.parse_args()
     root = Path(args.workdir)
     root.mkdir(parents=True, exist_ok=True)
@@ -180,23 +298,41 @@ def main() -> int:
     def figures(s: dict) -> dict:
         keys = ("files", "audio_hours", "pipeline_wall_seconds", "model_busy_seconds", "model_busy_fraction",
                 "first_model_call_after_job_start_s", "first_model_call_after_first_read_s",
-                "last_file_written_after_last_model_call_s", "cpu_seconds_per_audio_hour", "wall_seconds")
+                "last_file_written_after_last_model_call_s", "cpu_seconds_per_audio_hour", "vad",
+                "cpus_per_gpu_needed_at", "speech_fraction", "wall_seconds")
         return {k: s.get(k) for k in keys}
+
+    if args.vad_options:
+        results["vad_options"] = vad_options(sorted((root / "distinct").glob("*.flac")))
 
     capacity = None
     if "capacity" not in args.skip:
-        before = process_cpu()
-        s = job(big_dir, root / "out-free", 1e9, 0.0, args.overrides)
-        after = process_cpu()
-        hours = s["audio_hours"]
-        results["capacity_cpu_profile_s_per_audio_hour"] = {
-            k: (after.get(k, 0.0) - before.get(k, 0.0)) / hours for k in sorted(after)}
-        capacity = s["audio_seconds"] / s["pipeline_wall_seconds"]
-        results["capacity"] = {**figures(s), "audio_s_per_wall_s": capacity,
-                               "per_core": capacity / cores,
-                               "per_core_over_libsndfile": capacity / cores / results["libsndfile_audio_s_per_cpu_s"]}
-        print(json.dumps({"capacity": results["capacity"],
-                          "profile": results["capacity_cpu_profile_s_per_audio_hour"]}, indent=1), flush=True)
+        runs = [("capacity_before", [f"segment.vad={args.vad_before}"])] if args.vad_before else []
+        for name, extra in [*runs, ("capacity", [])]:
+            before = process_cpu()
+            load0 = os.getloadavg()[0]
+            s = job(big_dir, root / "out-free", 1e9, 0.0, [*args.overrides, *extra])
+            after = process_cpu()
+            hours = s["audio_hours"]
+            results[f"{name}_cpu_profile_s_per_audio_hour"] = cpu_profile(before, after, hours)
+            cap = s["audio_seconds"] / s["pipeline_wall_seconds"]
+            results[name] = {**figures(s), "overrides": extra, "audio_s_per_wall_s": cap, "per_core": cap / cores,
+                             "per_core_over_libsndfile": cap / cores / results["libsndfile_audio_s_per_cpu_s"],
+                             "load_avg_1m_before_after": [load0, os.getloadavg()[0]]}
+            capacity = cap
+            print(json.dumps({name: results[name], "profile": results[f"{name}_cpu_profile_s_per_audio_hour"]},
+                             indent=1), flush=True)
+        if args.vad_before:
+            b, a = results["capacity_before"], results["capacity"]
+            results["capacity_after_over_before"] = {
+                "per_core": a["per_core"] / b["per_core"],
+                "decode_cpu_s_per_audio_hour": [b["cpu_seconds_per_audio_hour"]["decode"],
+                                                a["cpu_seconds_per_audio_hour"]["decode"]],
+                "ray_workers_cpu_s_per_audio_hour": [
+                    results["capacity_before_cpu_profile_s_per_audio_hour"].get("ray workers"),
+                    results["capacity_cpu_profile_s_per_audio_hour"].get("ray workers")]}
+            print(json.dumps({"capacity_after_over_before": results["capacity_after_over_before"]}, indent=1),
+                  flush=True)
     if "small" not in args.skip:
         results["rtfx_1000"] = figures(job(small_dir, root / "out-1000", 1000.0, 0.005, args.overrides))
         print(json.dumps({"rtfx_1000": results["rtfx_1000"]}, indent=1), flush=True)

@@ -294,9 +294,10 @@ def decode_batch(batch: pa.Table, cfg: JobConfig, detector=None) -> pa.Table:
                        seg_start=[], seg_end=[], speech_start=[], speech_end=[])
     cpu = (time.process_time() - cpu0) / max(1, len(out))
     node = ray_node_id()
+    where = f"{detector.name} on decode CPU" if detector else "none"
     for k, rec in enumerate(out):  # the block's retries on its first row: sums stay right
         rec.update(perf_read_at=read_at, perf_decode_cpu_s=cpu, perf_vad_cpu_s=vad_cpu / len(out),
-                   perf_decode_node=node, perf_fetch_retries=retries["fetch"] if k == 0 else 0,
+                   perf_vad=where, perf_decode_node=node, perf_fetch_retries=retries["fetch"] if k == 0 else 0,
                    perf_speech_s=len(rec["pcm16"] or b"") / 2 / SAMPLE_RATE)
     return pa.Table.from_pylist(out, schema=DECODED_SCHEMA)
 
@@ -309,7 +310,7 @@ class Decoder:
         from operators.vad import make_detector
 
         self.cfg = cfg
-        self.detector = make_detector(cfg.segment.vad)
+        self.detector = make_detector(cfg.segment.vad, cfg.segment)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return decode_batch(batch, self.cfg, self.detector)
@@ -319,4 +320,4 @@ def decode_task(batch: pa.Table, cfg: JobConfig) -> pa.Table:
     """The decode stage as plain Ray tasks (decode.min_actors: 0): the detector loads per call."""
     from operators.vad import make_detector
 
-    return decode_batch(batch, cfg, make_detector(cfg.segment.vad))
+    return decode_batch(batch, cfg, make_detector(cfg.segment.vad, cfg.segment))

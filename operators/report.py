@@ -17,6 +17,7 @@ import pyarrow as pa
 from operators.schema import OK, error_kind
 
 SAMPLE_RATE = 16_000  # operators.config.SAMPLE_RATE: the ASR stage's caps are in samples at this rate
+SIZING_RTFX = 4000.0  # cpus_per_gpu_needed_at: the GPU speed (audio-s per s) a node is sized for
 
 STATS_SCHEMA = pa.schema([
     ("path", pa.string()),
@@ -85,6 +86,7 @@ def block_perf(perf: pa.Table | None, write_cpu_s: float = 0.0) -> dict:
     if caps:
         out["asr_cost_cap"] = min(caps)
     out["decode_nodes"] = sorted({r["perf_decode_node"] for r in rows if r.get("perf_decode_node")})
+    out["vad"] = sorted({r["perf_vad"] for r in rows if r.get("perf_vad")})
     reads = [r["perf_read_at"] for r in rows if r.get("perf_read_at")]
     if reads:
         out["read_first"] = min(reads)
@@ -137,6 +139,7 @@ class Summary:
         self.written_last: float | None = None
         self.actors: dict[str, dict] = {}
         self.decode_nodes: set[str] = set()
+        self.vad: set[str] = set()        # the voice-activity detectors and where they ran
         self.cost_cap: int | None = None  # the smallest ASR cap on a call's padded samples seen
 
     def add(self, stats: pa.Table) -> None:
@@ -159,6 +162,7 @@ class Summary:
         if p.get("asr_cost_cap"):
             self.cost_cap = min(self.cost_cap or p["asr_cost_cap"], p["asr_cost_cap"])
         self.decode_nodes.update(p.get("decode_nodes") or ())
+        self.vad.update(p.get("vad") or ())
         if p.get("read_first"):
             self.read_first = min(self.read_first or p["read_first"], p["read_first"])
         if p.get("written_at"):
@@ -179,6 +183,9 @@ class Summary:
           actor starting to load its model to the last file written; an actor that never got a batch is
           not seen). cpu_seconds_per_audio_hour: decode, asr_actor_overhead (the actor's CPU outside
           backend calls) and write; vad is the part of decode spent finding speech.
+        vad: the detectors that ran and where (`silero on decode CPU`), their share of the decode CPU.
+        cpus_per_gpu_needed_at: busy decode cores per GPU at rtfx SIZING_RTFX (decode CPU-s per
+          audio-s x rtfx): size a node's cores per GPU from one run.
         speech_seconds_kept: audio the model heard (speech and pads) out of audio_seconds;
         model_seconds_saved_est: model_busy_seconds scaled by the audio left out (the model's time
           is taken as proportional to audio length)."""
@@ -211,6 +218,14 @@ class Summary:
                 "asr_actor_overhead": per_hour(self.cpu["asr_cpu_s"]),
                 "write": per_hour(self.cpu["write_cpu_s"]),
             },
+            # where voice activity ran and its share of the decode CPU
+            "vad": {"ran": sorted(self.vad),
+                    "share_of_decode_cpu": (self.cpu["vad_cpu_s"] / self.cpu["decode_cpu_s"]
+                                            if self.cpu["decode_cpu_s"] > 0 else None)},
+            # busy cores per GPU this job's decode needs to feed a GPU at `rtfx` audio-seconds per second
+            "cpus_per_gpu_needed_at": {"rtfx": SIZING_RTFX,
+                                       "decode": (SIZING_RTFX * self.cpu["decode_cpu_s"] / self.audio_s
+                                                  if self.audio_s > 0 else None)},
         }
         if job_started is not None and calls_first:
             out["first_model_call_after_job_start_s"] = min(calls_first) - job_started
@@ -247,16 +262,20 @@ def format_summary(s: dict) -> str:
     def fmt(v):
         if isinstance(v, float):
             return f"{v:.4f}" if abs(v) < 10 else f"{v:,.1f}"
+        if isinstance(v, dict) and set(v) == {"files", "examples"}:  # input_left_out_by: 2 (a.txt, b.txt)
+            return f"{v['files']} ({', '.join(v['examples'])})"
         if isinstance(v, dict):
             return ", ".join(f"{k}={fmt(n)}" for k, n in v.items()) or "-"
         return "-" if v is None else str(v)
 
-    keys = ["job", "backend", "model", "model_revision", "inputs_listed", "skipped_already_done",
+    keys = ["job", "backend", "model", "model_revision", "input_files_seen", "input_files_left_out",
+            "input_left_out_by", "inputs_listed", "skipped_already_done",
             "duplicate_ids_dropped", "files", "ok", "errors", "errors_by_kind", "audio_hours",
             "segments", "wall_seconds", "rtfx", "pipeline_wall_seconds", "model_busy_seconds",
             "model_busy_fraction", "first_model_call_after_first_read_s",
             "last_file_written_after_last_model_call_s", "speech_fraction", "model_seconds_saved_est",
-            "cpu_seconds_per_audio_hour", "retries", "asr_oom_errors", "asr_oom_splits",
+            "cpu_seconds_per_audio_hour", "vad", "cpus_per_gpu_needed_at", "retries", "asr_oom_errors",
+            "asr_oom_splits",
             "asr_frame_cap_s", "wer",
             "wer_files",
             "parquet_files_written", "output"]

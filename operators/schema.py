@@ -44,6 +44,7 @@ DECODE_PERF = [
     ("perf_decode_cpu_s", pa.float64()),   # decode CPU seconds (fetch, decode, resample, plan)
     ("perf_decode_node", pa.string()),     # the Ray node that decoded the row
     ("perf_vad_cpu_s", pa.float64()),      # of which voice-activity detection
+    ("perf_vad", pa.string()),             # the detector and where it ran ("silero on decode CPU")
     ("perf_speech_s", pa.float64()),       # seconds of audio kept for the model (speech and pads)
     ("perf_fetch_retries", pa.int64()),    # transient fetch failures retried for this block, spread
 ]

@@ -4,7 +4,10 @@ Two detectors give a speech probability per 32 ms window (512 samples):
 - `SileroVAD`: the silero-vad package's TorchScript model (shipped inside the wheel; no hub). Vectorised
   over time and files: each file is cut into `CHUNK_WINDOWS`-window pieces, each piece preceded by
   `WARM_WINDOWS` windows of the audio before it (whose outputs are dropped) so the recurrent state is
-  warm where the piece starts; all pieces of all files of a block run as one batch.
+  warm where the piece starts; all pieces of all files of a block run as one batch. By default
+  (`segment.vad: silero`) a gate runs the model only where window energy leaves the answer open
+  (short probes, dense only on music, noise or doubt: ~15 % of the windows of plain speech);
+  `silero_full` runs it on every window.
 - `EnergyVAD`: frame energy against the file's own noise floor; the fallback where silero-vad is not
   installed (or chosen with `segment.vad: energy`).
 
@@ -25,6 +28,12 @@ WINDOW = 512                 # samples per decision (32 ms)
 CHUNK_WINDOWS = 160          # ~5 s per piece
 WARM_WINDOWS = 16            # ~0.5 s of preceding audio warms the state; its outputs are dropped
 PIECES_PER_CALL = 256        # pieces per model call (~2.4 CPU-s per audio-hour from 256 up; input <= 92 MB)
+# the gate (SileroVAD(gate=True)): where the model runs at all
+PROBE_EVERY = 64             # one probe per ~2 s of sound
+PROBE_WINDOWS = 4            # windows a probe decides
+PROBE_WARM = 4               # windows of audio before a probe that warm its state (outputs dropped)
+QUIET_DB = 6.0               # quiet: within this of the file's floor (10th percentile of window levels)
+QUIET_RANGE_DB = 50.0        # or this far below its loud level (99th percentile)
 
 
 def silero_available() -> bool:
@@ -32,22 +41,42 @@ def silero_available() -> bool:
 
 
 def resolve_method(name: str) -> str:
-    """`auto` -> silero where installed, else energy; `silero` without the package is a config error."""
+    """`auto` -> silero where installed, else energy; `silero`/`silero_full` without the package is a
+    config error."""
     if name == "auto":
         return "silero" if silero_available() else "energy"
-    if name == "silero" and not silero_available():
-        raise ValueError("segment.vad is 'silero' but the silero-vad package is not installed: "
+    if name in ("silero", "silero_full") and not silero_available():
+        raise ValueError(f"segment.vad is '{name}' but the silero-vad package is not installed: "
                          "`pip install silero-vad`, or set segment.vad to 'energy' or 'auto'")
     return name
 
 
 class SileroVAD:
     """silero-vad's TorchScript model, loaded from the installed package's data folder. The package's
-    own import sets torch's thread count process-wide, so the file is loaded directly instead."""
+    own import sets torch's thread count process-wide, so the file is loaded directly instead.
+
+    `gate=True` (segment.vad `silero`, the default) runs the model only where its answer is needed;
+    `gate=False` (`silero_full`) runs it on every window. The gate cuts each file at its long quiet
+    stretches (window level within `QUIET_DB` of the file's floor or `QUIET_RANGE_DB` below its loud
+    level, for at least `min_silence_s` less 4 windows: pauses the regions leave out) into stretches,
+    and probes each stretch with the model (`PROBE_WINDOWS` warmed by `PROBE_WARM`) at its loudest
+    window in every `PROBE_EVERY`:
+    - a sounding stretch whose every probe hears speech is speech (its short pauses would be kept
+      inside the region anyway: none reaches `min_silence_s`);
+    - a quiet stretch whose probes hear no speech, or so far below the loud level that it gets no
+      probe, is not speech;
+    - any other stretch (music, noise, a probe unsure) runs densely, as `gate=False` does.
+    So the energy finds where the pauses are and the model decides what the sound is. Measured against
+    `gate=False` (tests/unit/test_vad.py): region edges move by up to ~0.2 s (the pause's energy edge,
+    not the model's, which lags by a few windows; inside `pad_s`), and a pause within a few windows of
+    `min_silence_s` may be bridged where the model would have split it. What it can miss: loud
+    non-speech shorter than about `PROBE_EVERY` windows right next to speech (kept inside the region,
+    as a pause would be)."""
 
     name = "silero"
 
-    def __init__(self, threads: int = 1):
+    def __init__(self, threads: int = 1, gate: bool = True, min_silence_s: float = 1.0,
+                 threshold: float = 0.5):
         import torch
 
         spec = importlib.util.find_spec("silero_vad")
@@ -58,34 +87,107 @@ class SileroVAD:
         if threads:
             torch.set_num_threads(threads)
         self.model = torch.jit.load(path, map_location="cpu").eval()
+        self.gate = gate
+        self.name = "silero" if gate else "silero_full"
+        self.threshold = threshold
+        self.long_quiet = max(8, int(round(min_silence_s * SAMPLE_RATE / WINDOW)) - 4)
+        self.windows_run = self.windows_seen = 0   # model windows evaluated (warm-up included) / heard
 
     def probs(self, audios: list[np.ndarray]) -> list[np.ndarray]:
         """Per file, the speech probability of each whole or partial 512-sample window."""
-        torch = self._torch
-        pieces, where = [], []  # (file, first window, last window) of each piece
-        for f, audio in enumerate(audios):
+        padded, out = [], []
+        for audio in audios:
             n_win = -(-len(audio) // WINDOW)
-            padded = np.zeros((n_win + WARM_WINDOWS) * WINDOW, np.float32)
-            padded[WARM_WINDOWS * WINDOW: WARM_WINDOWS * WINDOW + len(audio)] = audio
-            for w0 in range(0, n_win, CHUNK_WINDOWS):
-                w1 = min(n_win, w0 + CHUNK_WINDOWS)
-                pieces.append(padded[w0 * WINDOW: (w1 + WARM_WINDOWS) * WINDOW])
-                where.append((f, w0, w1))
-        out = [np.zeros(-(-len(a) // WINDOW), np.float32) for a in audios]
-        # pieces of like length share a call (a short file's piece is not padded to 10 s)
+            x = np.zeros((n_win + WARM_WINDOWS) * WINDOW, np.float32)
+            x[WARM_WINDOWS * WINDOW: WARM_WINDOWS * WINDOW + len(audio)] = audio
+            padded.append(x)
+            out.append(np.zeros(n_win, np.float32))
+        self.windows_seen += sum(len(p) for p in out)
+        if not self.gate:
+            self._run(padded, out, [(f, 0, len(p), WARM_WINDOWS) for f, p in enumerate(out)])
+            return out
+        stretches = [self._stretches(x[WARM_WINDOWS * WINDOW:], len(p)) for x, p in zip(padded, out)]
+        # pass 1: the probes of every stretch of every file, one batch
+        self._run(padded, out, [(f, a, b, PROBE_WARM) for f, st in enumerate(stretches) for _, _, _, at in st
+                                for a, b in at])
+        # pass 2: a stretch whose probes agree takes their answer; any other runs densely
+        dense = []
+        for f, st in enumerate(stretches):
+            p = out[f]
+            for s, e, quiet, at in st:
+                heard = [float(p[a:b].mean()) for a, b in at]
+                if not heard and quiet:
+                    p[s:e] = 0.0       # far below the file's loud level: nothing to hear
+                elif heard and not quiet and min(heard) >= self.threshold:
+                    p[s:e] = 1.0       # sound, and speech at every probe
+                elif heard and quiet and max(heard) < self.threshold - 0.15:
+                    p[s:e] = 0.0       # quiet, and no speech at any probe
+                else:
+                    dense.append((f, s, e, WARM_WINDOWS))
+        self._run(padded, out, dense)
+        return out
+
+    def _stretches(self, x: np.ndarray, n: int) -> list[tuple[int, int, bool, list[tuple[int, int]]]]:
+        """One file cut at its long quiet stretches: (first window, end window, quiet, probes);
+        a quiet stretch far below the loud level gets no probe."""
+        if n == 0:
+            return []
+        level = 10 * np.log10(np.square(x[: n * WINDOW].reshape(n, WINDOW), dtype=np.float32).mean(axis=1)
+                              + 1e-12)
+        floor, loud = np.percentile(level, [10, 99])
+        qs, qe = _runs(level < max(floor + QUIET_DB, loud - QUIET_RANGE_DB))
+        long = qe - qs >= self.long_quiet
+        edges = sorted({0, n, *qs[long].tolist(), *qe[long].tolist()})
+        quiet_starts = set(qs[long].tolist())
+        out = []
+        for s, e in zip(edges, edges[1:]):
+            quiet = s in quiet_starts
+            lv = level[s:e]
+            if quiet and lv.max() < loud - QUIET_RANGE_DB:
+                out.append((s, e, True, []))
+                continue
+            at = []
+            for c in range(s, e, PROBE_EVERY):   # the loudest window of each PROBE_EVERY
+                m = c + int(np.argmax(lv[c - s: c - s + PROBE_EVERY]))
+                a = min(max(s, m - PROBE_WINDOWS // 2), max(s, e - PROBE_WINDOWS))
+                at.append((a, min(e, a + PROBE_WINDOWS)))
+            out.append((s, e, quiet, at))
+        return out
+
+    def _run(self, padded: list[np.ndarray], out: list[np.ndarray], spans) -> None:
+        """The model over (file, first window, end window, warm-up windows) spans, in pieces of at most
+        CHUNK_WINDOWS, each preceded by its warm-up audio (zeros before the file); all pieces of all
+        files batched, pieces of like length in one call."""
+        torch = self._torch
+        pieces, where = [], []
+        for f, w0, w1, warm in spans:
+            for a in range(w0, w1, CHUNK_WINDOWS):
+                b = min(w1, a + CHUNK_WINDOWS)
+                pieces.append(padded[f][(a + WARM_WINDOWS - warm) * WINDOW: (b + WARM_WINDOWS) * WINDOW])
+                where.append((f, a, b, warm))
+        if not pieces:
+            return
+        self.windows_run += sum(len(p) for p in pieces) // WINDOW
         order = sorted(range(len(pieces)), key=lambda k: len(pieces[k]))
+        short = 2 * (PROBE_WARM + PROBE_WINDOWS) * WINDOW
         with torch.inference_mode():
-            for at in range(0, len(order), PIECES_PER_CALL):
-                group = order[at:at + PIECES_PER_CALL]
+            at = 0
+            while at < len(order):
+                # probes (short pieces) go 8 times as many to a call: the same few MB of input; a call
+                # never mixes them with long pieces (each row is padded to the call's longest)
+                end = min(len(order), at + PIECES_PER_CALL * (8 if len(pieces[order[at]]) <= short else 1))
+                while end - at > PIECES_PER_CALL and len(pieces[order[end - 1]]) > short:
+                    end -= 1
+                group = order[at:end]
+                at = end
                 x = np.zeros((len(group), max(len(pieces[k]) for k in group)), np.float32)
                 for row, k in enumerate(group):
                     x[row, :len(pieces[k])] = pieces[k]
                 self.model.reset_states()
                 p = self.model.audio_forward(torch.from_numpy(x), SAMPLE_RATE).numpy()
                 for row, k in enumerate(group):
-                    f, w0, w1 = where[k]
-                    out[f][w0:w1] = p[row, WARM_WINDOWS: WARM_WINDOWS + (w1 - w0)]
-        return out
+                    f, a, b, warm = where[k]
+                    out[f][a:b] = p[row, warm: warm + (b - a)]
 
 
 class EnergyVAD:
@@ -115,12 +217,18 @@ class EnergyVAD:
         return out
 
 
-def make_detector(method: str):
-    """The detector for `segment.vad` (resolved as `resolve_method` does); None for `none`."""
+def make_detector(method: str, segment: SegmentConfig | None = None):
+    """The detector for `segment.vad` (resolved as `resolve_method` does); None for `none`. `silero`
+    runs the model only where it can change the regions (SileroVAD, gate=True), `silero_full` on every
+    window; `segment` gives the gate the pauses that matter (min_silence_s, speech_threshold)."""
     method = resolve_method(method)
     if method == "none":
         return None
-    return SileroVAD() if method == "silero" else EnergyVAD()
+    if method in ("silero", "silero_full"):
+        seg = segment or SegmentConfig()
+        return SileroVAD(gate=method == "silero", min_silence_s=seg.min_silence_s,
+                         threshold=seg.speech_threshold)
+    return EnergyVAD()
 
 
 def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -300,6 +300,7 @@ def test_decode_batch_rows_in_order_with_errors(tmp_path):
 
     assert out.schema.equals(DECODED_SCHEMA)
     rows = out.to_pylist()
+    assert {r["perf_vad"] for r in rows} == {"none"}   # no detector passed: all audio kept
     assert [r["audio_id"] for r in rows] == ids
     assert [r["source_uri"] for r in rows] == uris
     assert [r["reference"] for r in rows] == refs

@@ -30,7 +30,14 @@ def recording():
 
 @pytest.fixture(scope="module")
 def silero():
+    """The default detector (segment.vad silero): the model only where window energy leaves it open."""
     return SileroVAD()
+
+
+@pytest.fixture(scope="module")
+def silero_full():
+    """segment.vad silero_full: the model on every window (the detector before issue 19)."""
+    return SileroVAD(gate=False)
 
 
 def _kept(spans) -> list[tuple[float, float]]:
@@ -50,10 +57,11 @@ def _longest_quiet_run(audio: np.ndarray, level: float = 3e-3) -> float:
     return float(runs.max()) * 0.01 if len(runs) else 0.0
 
 
-@pytest.mark.parametrize("method", [pytest.param("silero", marks=needs_silero), "energy"])
-def test_speech_kept_long_silences_left_out(recording, silero, method):
+@pytest.mark.parametrize("method", [pytest.param("silero", marks=needs_silero),
+                                    pytest.param("silero_full", marks=needs_silero), "energy"])
+def test_speech_kept_long_silences_left_out(recording, request, method):
     audio, speech, tunes = recording
-    det = silero if method == "silero" else EnergyVAD()
+    det = request.getfixturevalue(method) if method != "energy" else EnergyVAD()
     spans = plan_speech(audio, CFG, det.probs([audio])[0])
     kept = _kept(spans)
     # every sentence is kept (its voiced part: espeak clips end in ~0.2 s of their own silence)
@@ -75,19 +83,21 @@ def test_speech_kept_long_silences_left_out(recording, silero, method):
 
 
 @needs_silero
-def test_silero_leaves_music_out_energy_does_not(recording, silero):
+def test_silero_leaves_music_out_energy_does_not(recording, silero, silero_full):
     audio, _, tunes = recording
     (a, b), = tunes
     music_kept = {name: _overlap(_kept(plan_speech(audio, CFG, det.probs([audio])[0])), a, b)
-                  for name, det in (("silero", silero), ("energy", EnergyVAD()))}
+                  for name, det in (("silero", silero), ("silero_full", silero_full), ("energy", EnergyVAD()))}
     assert music_kept["silero"] <= 0.1 * (b - a), music_kept
+    assert music_kept["silero_full"] <= 0.1 * (b - a), music_kept
     assert music_kept["energy"] >= 0.9 * (b - a), music_kept  # the fallback's known limit (README)
 
 
 @needs_silero
-def test_batched_probabilities_agree_with_one_sequential_pass(recording, silero):
+def test_batched_probabilities_agree_with_one_sequential_pass(recording, silero_full):
     import torch
 
+    silero = silero_full
     audio = recording[0][: 90 * SR]
     batched = silero.probs([audio, audio[: 7 * SR]])
     silero.model.reset_states()
@@ -155,7 +165,7 @@ def test_regions_join_up_to_target_and_cut_only_between_them():
     assert all(a < b for a, b in zip(fs, fe)) and all(b <= c for b, c in zip(fe, fs[1:]))
 
 
-def test_a_region_over_the_maximum_is_cut_inside_at_its_quietest_point():
+def test_a_region_over_the_target_is_cut_inside_at_its_quietest_point():
     audio, silences = __import__("audio_fixtures").pause_clip([5.0, 6.5, 4.0, 6.0, 4.5, 5.5, 6.2, 4.2],
                                                               pause_s=0.3)
     n = len(audio)
@@ -163,8 +173,8 @@ def test_a_region_over_the_maximum_is_cut_inside_at_its_quietest_point():
     ss, se, gs, ge = plan_speech(audio, cfg, np.ones(-(-n // WINDOW), np.float32))  # all speech
     # one region, kept whole, in pieces that meet: kept offsets are file offsets
     assert ss[0] == 0 and se[-1] == n and se[:-1] == ss[1:]
-    assert (gs, ge) == tuple(map(list, plan_segments(audio, cfg)))
-    assert max(e - s for s, e in zip(gs, ge)) <= 25 * SR and len(gs) >= 2
+    # cut before the target (not only past the maximum), in a pause: its quietest 200 ms
+    assert max(e - s for s, e in zip(gs, ge)) <= 20 * SR and len(gs) >= 3
     for cut in gs[1:]:
         assert any(a <= cut <= b for a, b in silences)
 
@@ -202,6 +212,7 @@ def test_decode_batch_carries_only_the_kept_audio(recording, silero):
     assert r["perf_speech_s"] == pytest.approx(len(kept) / SR)
     assert 0.3 < r["perf_speech_s"] / r["duration_s"] < 0.9
     assert r["perf_vad_cpu_s"] > 0
+    assert r["perf_vad"] == bad["perf_vad"] == "silero on decode CPU"
     # the kept audio is the file's own samples at the kept ranges
     s, e = r["speech_start"][1], r["speech_end"][1]
     at = r["speech_end"][0] - r["speech_start"][0]
@@ -216,6 +227,8 @@ def test_vad_method_resolution_names_the_fix(monkeypatch):
     assert vad.resolve_method("auto") == "energy"
     with pytest.raises(ValueError, match="pip install silero-vad"):
         vad.resolve_method("silero")
+    with pytest.raises(ValueError, match="pip install silero-vad"):
+        vad.resolve_method("silero_full")
     with pytest.raises(ValueError, match="target_segment_s"):
         SegmentConfig(target_segment_s=40, max_segment_s=30)
 
@@ -223,12 +236,13 @@ def test_vad_method_resolution_names_the_fix(monkeypatch):
 def test_summary_reports_speech_kept_and_model_time_saved():
     import pyarrow as pa
 
-    from operators.report import Summary, block_stats
+    from operators.report import Summary, block_stats, format_summary
 
     rows = pa.Table.from_pylist([{"status": "ok", "error": None, "duration_s": 100.0, "segments": [], "text": "",
                                   "reference": None, "language": "en"}] * 2)
     perf = pa.Table.from_pylist([
         {"perf_read_at": 1.0, "perf_decode_cpu_s": 0.5, "perf_vad_cpu_s": 0.2, "perf_speech_s": 40.0,
+         "perf_vad": "silero on decode CPU",
          "perf_asr_busy_s": 4.0, "perf_actor": "a", "perf_actor_started": 0.5, "perf_actor_ready": 0.9,
          "perf_call_first": 1.5, "perf_call_last": 5.0},
         {"perf_read_at": 1.2, "perf_decode_cpu_s": 0.5, "perf_vad_cpu_s": 0.2, "perf_speech_s": 60.0,
@@ -241,6 +255,10 @@ def test_summary_reports_speech_kept_and_model_time_saved():
     # 10 model-seconds for 100 s heard: the 100 s left out would have cost ~10 more
     assert s["model_seconds_saved_est"] == pytest.approx(10.0)
     assert s["cpu_seconds_per_audio_hour"]["vad"] == pytest.approx(0.4 / (200 / 3600))
+    # where it ran, its share of decode, and the decode cores a GPU at 4000x needs: 1 CPU-s for 200 s
+    assert s["vad"] == {"ran": ["silero on decode CPU"], "share_of_decode_cpu": pytest.approx(0.4)}
+    assert s["cpus_per_gpu_needed_at"] == {"rtfx": 4000.0, "decode": pytest.approx(4000 * 1.0 / 200)}
+    assert "cpus_per_gpu_needed_at" in format_summary(s)
 
 
 def test_times_inside_a_segment_map_across_the_silence_left_out():
@@ -249,3 +267,72 @@ def test_times_inside_a_segment_map_across_the_silence_left_out():
     ss, se = [1000, 5000, 9000], [2000, 6000, 9500]   # kept: 0-1000, 1000-2000, 2000-2500
     assert to_file_samples([0, 999, 1000, 1500, 2499], ss, se).tolist() == [1000, 1999, 5000, 5500, 9499]
     assert to_file_samples([1000, 2000, 2500], ss, se, ends=True).tolist() == [2000, 6000, 9500]
+
+
+def _one_to_one_edges(mine, theirs) -> list[float]:
+    """For each of `theirs` that overlaps exactly one of `mine`: the larger of its two edge offsets (s)."""
+    out = []
+    for s, e in theirs:
+        hit = [(a, b) for a, b in mine if min(b, e) > max(a, s)]
+        if len(hit) == 1:
+            out.append(max(abs(hit[0][0] - s), abs(hit[0][1] - e)))
+    return out
+
+
+@needs_silero
+@pytest.mark.parametrize("seed,noise_db,music_s", [(3, -65.0, 20.0), (4, -45.0, 12.0), (5, -35.0, 30.0)])
+def test_gated_silero_finds_the_regions_silero_full_finds(silero, silero_full, seed, noise_db, music_s):
+    """The default path (the model only where energy leaves the answer open) against the model on every
+    window, on 4-minute recordings of speech, uneven pauses, long silences, music and a noise floor
+    from faint to loud: the same speech kept, the same music left out, edges within the pad, and the
+    model run on a fraction of the windows."""
+    data, _, speech, tunes = demo_corpus.build_recording(240.0, seed=seed, music_s=music_s, noise_db=noise_db)
+    audio = decode_audio(data)
+    silero.windows_run = silero.windows_seen = 0
+    mine = [(s / SR, e / SR) for s, e in speech_regions(silero.probs([audio])[0], len(audio), CFG)]
+    used = silero.windows_run / silero.windows_seen
+    theirs = [(s / SR, e / SR) for s, e in speech_regions(silero_full.probs([audio])[0], len(audio), CFG)]
+    kept_mine, kept_theirs = sum(e - s for s, e in mine), sum(e - s for s, e in theirs)
+    assert abs(kept_mine / kept_theirs - 1) <= 0.04, (kept_mine, kept_theirs)
+    assert abs(len(mine) - len(theirs)) <= 2, (mine, theirs)
+    for s, e in theirs:   # what the full model keeps, the gate keeps
+        assert _overlap(mine, s, e) >= 0.85 * (e - s), (s, e, mine)
+    for s, e in mine:     # and it keeps nothing the full model leaves out (but the edges' slack)
+        assert _overlap(theirs, s, e) >= 0.9 * (e - s), (s, e, theirs)
+    edges = _one_to_one_edges(mine, theirs)
+    assert len(edges) >= 0.8 * len(theirs) and max(edges) <= CFG.pad_s + 2 * WINDOW / SR, edges
+    for a, b in speech:   # every sentence heard, the music not
+        assert _overlap(mine, a, b) >= 0.85 * (b - a), (a, b)
+    (a, b), = tunes
+    assert _overlap(mine, a, b) <= 0.1 * (b - a)
+    assert used <= (0.45 if noise_db < -60 else 0.75), used   # full: 1.1 (warm-up included)
+
+
+@needs_silero
+def test_gated_silero_runs_the_model_on_a_fifth_of_plain_speech(silero, silero_full):
+    """Speech as the capacity benchmark's corpus holds it (sentences and 0.5 s pauses, 2-35 s files):
+    the same regions as the full model's, from under a fifth of the windows; a quiet file and a file
+    45 dB down (a quiet speaker) are judged like the full model judges them."""
+    rng = np.random.default_rng(0)
+    clips = [demo_corpus.load(e) for e in demo_corpus.entries()]
+    files = []
+    for n in range(12):
+        parts = []
+        while sum(map(len, parts)) < rng.uniform(2, 35) * SR:
+            parts += [clips[rng.integers(len(clips))], np.zeros(SR // 2, np.float32)]
+        files.append(np.concatenate(parts))
+    files += [np.zeros(20 * SR, np.float32), files[0] * 10 ** (-45 / 20)]
+    silero.windows_run = silero.windows_seen = 0
+    mine = silero.probs(files)
+    assert silero.windows_run <= 0.2 * silero.windows_seen
+    theirs = silero_full.probs(files)
+    same = 0
+    for audio, p, q in zip(files, mine, theirs):
+        a, b = speech_regions(p, len(audio), CFG), speech_regions(q, len(audio), CFG)
+        kept_a, kept_b = sum(e - s for s, e in a), sum(e - s for s, e in b)
+        assert abs(kept_a - kept_b) <= 0.05 * max(kept_b, SR), (kept_a, kept_b)
+        same += len(a) == len(b) and all(abs(x - y) <= CFG.pad_s * SR and abs(u - v) <= CFG.pad_s * SR
+                                         for (x, u), (y, v) in zip(a, b))
+    assert same >= len(files) - 1
+    assert speech_regions(mine[-2], 20 * SR, CFG) == []
+    assert [len(p) for p in silero.probs([np.zeros(0, np.float32), np.zeros(100, np.float32)])] == [0, 1]
