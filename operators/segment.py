@@ -3,9 +3,14 @@
 `plan_speech` (the job's planner): speech regions from a voice-activity detector (operators.vad) are
 padded, the silence between them is left out, and consecutive regions are joined into segments up to
 the backend's target length; a cut falls only between regions (in a pause), except inside a region
-longer than the maximum, which `plan_segments` cuts at its quietest point. The row then carries only
-the kept audio, joined; `speech_start`/`speech_end` say where each kept piece lies in the file, so
-segment times (`file_bounds`) stay file times.
+longer than the target (dense speech: interviews, lectures, read books, whose pauses are all under
+`min_silence_s`), which `plan_segments` cuts at its deepest pause near the target: the quietest 200 ms
+in the `search_window_s` before it. Rules measured for whisper on dense recordings (issue 18,
+benchmarks/long_form.py --dense and 8 held-out recordings): this one (the quietest point; among
+exact ties the latest) missed the fewest sentences before the second try (WER 0.109 vs 0.115 for the
+earliest deep pause the detector heard and 0.129 for the latest), and all were equal after it (0.094).
+The row then carries only the kept audio, joined; `speech_start`/`speech_end` say where each kept
+piece lies in the file, so segment times (`file_bounds`) stay file times.
 
 `plan_segments` (also `segment.vad: none`): the energy cutter over the whole signal, no silence removed:
 the cut goes at the quietest stretch (frame energy smoothed over ~200 ms) inside the last
@@ -78,13 +83,15 @@ def plan_speech(audio: np.ndarray, cfg: SegmentConfig, probs: np.ndarray | None
         return [0], [n], starts, ends
     from operators.vad import speech_regions
 
-    # units: (file start, file end, may join neighbours); a region over the maximum is cut inside
+    # units: (file start, file end, may join neighbours); a region over the target is cut inside it,
+    # at its quietest point in the search window before the target (issue 18: not only past the maximum)
     units: list[tuple[int, int, bool]] = []
+    inner = cfg.model_copy(update={"max_segment_s": target / SAMPLE_RATE})
     for s, e in speech_regions(probs, n, cfg):
-        if e - s <= max_len:
+        if e - s <= target:
             units.append((s, e, True))
         else:
-            cs, ce = plan_segments(audio[s:e], cfg)
+            cs, ce = plan_segments(audio[s:e], inner)
             units += [(s + a, s + b, False) for a, b in zip(cs, ce)]
     speech_start, speech_end, seg_start, seg_end = [], [], [], []
     at = 0            # offset in the kept audio

@@ -165,7 +165,7 @@ def test_regions_join_up_to_target_and_cut_only_between_them():
     assert all(a < b for a, b in zip(fs, fe)) and all(b <= c for b, c in zip(fe, fs[1:]))
 
 
-def test_a_region_over_the_maximum_is_cut_inside_at_its_quietest_point():
+def test_a_region_over_the_target_is_cut_inside_at_its_quietest_point():
     audio, silences = __import__("audio_fixtures").pause_clip([5.0, 6.5, 4.0, 6.0, 4.5, 5.5, 6.2, 4.2],
                                                               pause_s=0.3)
     n = len(audio)
@@ -173,8 +173,8 @@ def test_a_region_over_the_maximum_is_cut_inside_at_its_quietest_point():
     ss, se, gs, ge = plan_speech(audio, cfg, np.ones(-(-n // WINDOW), np.float32))  # all speech
     # one region, kept whole, in pieces that meet: kept offsets are file offsets
     assert ss[0] == 0 and se[-1] == n and se[:-1] == ss[1:]
-    assert (gs, ge) == tuple(map(list, plan_segments(audio, cfg)))
-    assert max(e - s for s, e in zip(gs, ge)) <= 25 * SR and len(gs) >= 2
+    # cut before the target (not only past the maximum), in a pause: its quietest 200 ms
+    assert max(e - s for s, e in zip(gs, ge)) <= 20 * SR and len(gs) >= 3
     for cut in gs[1:]:
         assert any(a <= cut <= b for a, b in silences)
 
