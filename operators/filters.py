@@ -15,7 +15,7 @@ from operators.words import timestamp_problem
 
 # checked in this order; the first failing rule is the row's reason
 REASONS = ("error", "empty", "duration", "chars_per_second", "agreement", "language", "loop", "repetition",
-           "tags", "timestamps")
+           "coverage", "tags", "timestamps")
 
 
 class FilterRules(BaseModel):
@@ -43,6 +43,9 @@ class FilterRules(BaseModel):
                                    "their segment, or exceed max_words_per_s.")
     max_words_per_s: float = Field(8.0, gt=0, description="Words per second of segment audio above which "
                                    "word timestamps are implausible.")
+    min_coverage: float | None = Field(0.9, ge=0, le=1, description="Drop rows whose transcript covers "
+                                       "less of the speech than this (`coverage`: speech lost even after "
+                                       "the second try); rows without it pass. None keeps all.")
 
 
 def compression_ratio(text: str) -> float:
@@ -83,6 +86,9 @@ def drop_reason(row: dict, rules: FilterRules) -> str | None:
         if (rules.max_compression_ratio and compression_ratio(piece) > rules.max_compression_ratio) or \
                 (rules.max_ngram_repeats and max_ngram_count(piece) > rules.max_ngram_repeats):
             return "repetition"
+    coverage = row.get("coverage")
+    if rules.min_coverage is not None and coverage is not None and coverage < rules.min_coverage:
+        return "coverage"
     if rules.drop_tags_suspect and row.get("tags_suspect"):
         return "tags"
     if rules.check_timestamps and timestamp_problem(row, rules.max_words_per_s):

@@ -81,7 +81,9 @@ def block_perf(perf: pa.Table | None, write_cpu_s: float = 0.0) -> dict:
     out.update(decode_cpu_s=total("perf_decode_cpu_s"), vad_cpu_s=total("perf_vad_cpu_s"),
                speech_s=total("perf_speech_s"), asr_busy_s=total("perf_asr_busy_s"),
                asr_cpu_s=total("perf_asr_cpu_s"), fetch_retries=int(total("perf_fetch_retries")),
-               asr_ooms=total("perf_asr_ooms"), asr_splits=total("perf_asr_splits"))
+               asr_ooms=total("perf_asr_ooms"), asr_splits=total("perf_asr_splits"),
+               redecoded_segments=total("perf_redecoded_segments"),
+               redecode_audio_s=total("perf_redecode_audio_s"))
     caps = [r["perf_asr_cost_cap"] for r in rows if r.get("perf_asr_cost_cap")]
     if caps:
         out["asr_cost_cap"] = min(caps)
@@ -106,7 +108,7 @@ def block_perf(perf: pa.Table | None, write_cpu_s: float = 0.0) -> dict:
 def block_stats(table: pa.Table, path: str | None, perf: pa.Table | None = None,
                 write_cpu_s: float = 0.0, write_retries: int = 0) -> pa.Table:
     rows = table.select([c for c in ("status", "error", "duration_s", "segments", "text", "reference",
-                                     "language") if c in table.column_names]).to_pylist()
+                                     "language", "coverage") if c in table.column_names]).to_pylist()
     errors = Counter(error_kind(r["error"]) for r in rows if r["status"] != OK)
     werr = words = wfiles = 0
     for r in rows:
@@ -122,8 +124,17 @@ def block_stats(table: pa.Table, path: str | None, perf: pa.Table | None = None,
         "segments": sum(len(r.get("segments") or []) for r in rows),
         "errors": json.dumps(dict(errors), sort_keys=True),
         "wer_errors": werr, "wer_words": words, "wer_files": wfiles,
-        "perf": json.dumps({**block_perf(perf, write_cpu_s), "write_retries": write_retries}),
+        "perf": json.dumps({**block_perf(perf, write_cpu_s), "write_retries": write_retries,
+                            "low_coverage_rows": _low_coverage(rows)}),
     }], schema=STATS_SCHEMA)
+
+
+def _low_coverage(rows: list[dict]) -> int:
+    """ok rows whose transcript covers less of the speech than operators.coverage.FLAG_BELOW."""
+    from operators.coverage import FLAG_BELOW
+
+    return sum(1 for r in rows if r.get("status") == OK and r.get("coverage") is not None
+               and r["coverage"] < FLAG_BELOW)
 
 
 class Summary:
@@ -157,7 +168,8 @@ class Summary:
 
     def _add_perf(self, p: dict) -> None:
         for k in ("decode_cpu_s", "vad_cpu_s", "speech_s", "asr_cpu_s", "write_cpu_s", "asr_busy_s",
-                  "fetch_retries", "write_retries", "asr_ooms", "asr_splits"):
+                  "fetch_retries", "write_retries", "asr_ooms", "asr_splits", "redecoded_segments",
+                  "redecode_audio_s", "low_coverage_rows"):
             self.cpu[k] += p.get(k, 0.0)
         if p.get("asr_cost_cap"):
             self.cost_cap = min(self.cost_cap or p["asr_cost_cap"], p["asr_cost_cap"])
@@ -253,6 +265,11 @@ class Summary:
             "asr_oom_errors": int(round(self.cpu["asr_ooms"])),
             "asr_oom_splits": int(round(self.cpu["asr_splits"])),
             "asr_frame_cap_s": self.cost_cap / SAMPLE_RATE if self.cost_cap else None,
+            # dropped speech (operators.coverage): segments decoded a second time, the extra audio the model
+            # heard for them, and ok rows still covering less of their speech than coverage.FLAG_BELOW
+            "redecoded_segments": int(round(self.cpu["redecoded_segments"])),
+            "redecode_audio_seconds": self.cpu["redecode_audio_s"],
+            "low_coverage_rows": int(round(self.cpu["low_coverage_rows"])),
             **self.feeding(extra.pop("job_started", None)),
             **extra,
         }
@@ -276,7 +293,7 @@ def format_summary(s: dict) -> str:
             "last_file_written_after_last_model_call_s", "speech_fraction", "model_seconds_saved_est",
             "cpu_seconds_per_audio_hour", "vad", "cpus_per_gpu_needed_at", "retries", "asr_oom_errors",
             "asr_oom_splits",
-            "asr_frame_cap_s", "wer",
+            "asr_frame_cap_s", "redecoded_segments", "redecode_audio_seconds", "low_coverage_rows", "wer",
             "wer_files",
             "parquet_files_written", "output"]
     width = max(len(k) for k in keys)

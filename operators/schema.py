@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "4"  # 2: task, target_language, translation; segments[].translation; source_version
+SCHEMA_VERSION = "5"  # 2: task, target_language, translation; segments[].translation; source_version
 #                       3: loop_suspected
 #                       4: raw_text, words, speakers, tags_suspect (granite-plus); older files read
 #                          with these as nulls
+#                       5: coverage, segment_coverage (operators.coverage); older files read with
+#                          these as nulls
 
 SEGMENT_TYPE = pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("text", pa.string()),
                           ("translation", pa.string())])
@@ -59,6 +61,8 @@ ASR_PERF = [
     ("perf_asr_ooms", pa.float64()),       # device out-of-memory errors caught (batch figure, spread)
     ("perf_asr_splits", pa.float64()),     # batches halved: after one, or before a call over the cap
     ("perf_asr_cost_cap", pa.int64()),     # the actor's cap on a call's padded samples (null: none)
+    ("perf_redecoded_segments", pa.int64()),  # the row's segments decoded a second time (lost speech)
+    ("perf_redecode_audio_s", pa.float64()),  # the audio seconds those second tries gave the model
 ]
 PERF_COLUMNS = tuple(name for name, _ in DECODE_PERF + ASR_PERF)
 DECODE_PERF_COLUMNS = tuple(name for name, _ in DECODE_PERF)
@@ -109,6 +113,8 @@ OUTPUT_SCHEMA = pa.schema(
         pa.field("words", pa.list_(WORD_TYPE)),        # granite-plus speakers/timestamps tasks
         pa.field("speakers", pa.list_(pa.list_(pa.string()))),  # speaker labels per segment
         pa.field("tags_suspect", pa.bool_()),          # the tags needed repairs (null: no tags asked)
+        pa.field("coverage", pa.float64()),            # share of the speech the transcript covers (null: unknown)
+        pa.field("segment_coverage", pa.list_(pa.float64())),  # the same per segment (aligned with segments)
         pa.field("processed_at", pa.timestamp("ms", tz="UTC")),
     ],
     metadata={b"granite_transcribe.schema_version": SCHEMA_VERSION.encode()},

@@ -291,6 +291,7 @@ class ASRStage:
         per_row: dict[int, list] = {}
         for (i, j, _), res in zip(clips, results):
             per_row.setdefault(i, []).append(res)
+        coverage = self._coverage(rows, clips, per_row, specs)  # dropped speech: measured, retried once
 
         now = datetime.now(timezone.utc)
         out = []
@@ -321,6 +322,10 @@ class ASRStage:
                     starts, ends = file_bounds(r["seg_start"], r["seg_end"], r.get("speech_start"),
                                                r.get("speech_end"))
                     rec["text"], rec["segments"] = stitch([x.text for x in res], starts, ends, joiner)
+                    if i in coverage:
+                        rec["coverage"], rec["segment_coverage"], counts = coverage[i]
+                        rec["perf_redecoded_segments"] = counts["redecoded_segments"]
+                        rec["perf_redecode_audio_s"] = counts["redecode_audio_s"]
                     if spec.transcription is None:  # translation only: no transcript to show
                         rec["text"] = None
                         for seg in rec["segments"]:
@@ -346,6 +351,55 @@ class ASRStage:
                         rec["agreement"] = float(sum(a * w for a, w in scores) / total)
             out.append(rec)
         return out
+
+    def _coverage(self, rows: list[dict], clips: list, per_row: dict[int, list], specs: dict) -> dict:
+        """Dropped speech (operators.coverage): each ok row's segments against the speech voice activity
+        found in them (the transcript's times where the backend gives them, else its words per second
+        against the file's own rate). A segment that lost speech is decoded a second time, once: all of
+        the batch's second tries length-sorted and batched like the first pass, through the same
+        retries; a result is replaced only where the second try covers more. Updates `per_row`;
+        returns per row (file coverage, per-segment coverage, counts)."""
+        from operators import coverage as cv
+
+        if not cv.enabled(self.backend) or self.cfg.segment.vad == "none":  # none: speech unknown
+            return {}
+        audio_of: dict[int, list] = {}
+        for i, _, a in clips:
+            audio_of.setdefault(i, []).append(a)
+        pad = int(self.cfg.segment.pad_s * SAMPLE_RATE)
+        order, items = [], []
+        for i, res in per_row.items():
+            if i not in specs or specs[i].transcription is None or any(isinstance(x, Exception) for x in res):
+                continue  # failed, or translation only (no transcript to measure)
+            r, spec = rows[i], specs[i]
+            joiner = _joiner(r["language"] or self.default_language)
+            speech = [cv.speech_spans(s, e, r.get("speech_start"), r.get("speech_end"), pad)
+                      for s, e in zip(r["seg_start"], r["seg_end"])]
+            items.append(cv.FileItem(audio_of[i], res, speech, spaced=joiner == " ", joiner=joiner,
+                                     recover=spec.task in ("transcribe", "transcribe_raw")))
+            order.append(i)
+
+        def call(owners: list[int], audios: list) -> list:
+            out: list = [None] * len(audios)
+            idx = sorted(range(len(audios)), key=lambda k: len(audios[k]))
+            for at in range(0, len(idx), self.batch_size):
+                chunk = idx[at:at + self.batch_size]
+                langs = [rows[order[owners[k]]]["language"] or self.default_language for k in chunk]
+                tasks = [specs[order[owners[k]]] for k in chunk]
+                audio = [audios[k] for k in chunk]
+                started = time.perf_counter()
+                for k, res in zip(chunk, self._run(audio, langs, tasks)):
+                    out[k] = res
+                self.metrics.model_call(time.perf_counter() - started, len(chunk), self.batch_size,
+                                        sum(len(a) for a in audio) / SAMPLE_RATE)
+            return out
+
+        results, covs, counts = cv.recover_batch(call, items, SAMPLE_RATE)
+        found = {}
+        for i, res, c, n in zip(order, results, covs, counts):
+            per_row[i] = res
+            found[i] = (cv.file_coverage(c), [x.coverage for x in c], n)
+        return found
 
 
 def _new_account() -> dict:

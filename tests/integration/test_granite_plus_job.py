@@ -102,7 +102,7 @@ def test_granite_plus_job_writes_words_speakers_and_raw_text(s3, ray_cluster, pr
     part = next(p for p in fs.find(result["output"].removeprefix("s3://")) if p.endswith(".parquet"))
     with fs.open(part, "rb") as f:
         schema = pq.read_schema(f)
-    assert schema.metadata[b"granite_transcribe.schema_version"] == SCHEMA_VERSION.encode() == b"4"
+    assert schema.metadata[b"granite_transcribe.schema_version"] == SCHEMA_VERSION.encode() == b"5"
     assert schema.field("words").type.value_type == WORD_TYPE
 
 

@@ -212,7 +212,7 @@ def result(stage):
 def test_stage_output_schema_and_order(result):
     rows, out = result
     assert [r["audio_id"] for r in out] == [r["audio_id"] for r in rows]
-    assert OUTPUT_SCHEMA.metadata[b"granite_transcribe.schema_version"] == SCHEMA_VERSION.encode() == b"4"
+    assert OUTPUT_SCHEMA.metadata[b"granite_transcribe.schema_version"] == SCHEMA_VERSION.encode() == b"5"
     for r in out:
         assert r["backend"] == "granite-ar" and r["model_revision"].startswith("local-")
         assert (r["raw_text"], r["words"], r["speakers"], r["tags_suspect"]) == (None,) * 4  # granite-plus only

