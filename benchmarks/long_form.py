@@ -15,6 +15,20 @@ model heard, segments, and the decode/VAD CPU per audio-hour.
 
 Models: the offline Whisper tiny.en (the demo's model) for WER; with --nar also granite-nar on a tiny
 random checkpoint for the model seconds only (its text is noise).
+
+    python benchmarks/long_form.py --dense [--minutes 5] [--recordings 2] [--set ...]
+
+Dense speech (issue 18; pipelines.demo_corpus.build_dense_recording): the same sentences, their own
+silence trimmed, with pauses of 0.4-1.0 s (none reaches segment.min_silence_s, so voice activity sees
+one long region), the second recording with a 20 s stretch of no pause at all; 44.1 kHz stereo Ogg.
+Side by side in one run on the same files: the job (silero, the shipped defaults), faster-whisper's own
+long-form decoding of the file (`WhisperModel.transcribe`: its defaults, temperature fallback,
+conditioned on the previous text), and the same sentences as clips (a clips job, each clip counted as
+often as the recording holds it), each with the same beam size (`--job-beams`, default 1 (the demo's
+greedy decoding) and 5 (faster-whisper's default)). Per recording: WER,
+sentences missing (more than half of a sentence's words deleted in the alignment: left out), sentences
+garbled (fewer than a quarter of its words right: left out or misrecognised), the job's segments,
+segments re-decoded and the extra model audio seconds.
 """
 
 from __future__ import annotations
@@ -60,6 +74,88 @@ def corpus_wer(rows: dict, refs: dict) -> tuple[float, int, int]:
     return errors / max(1, words), errors, words
 
 
+def fw_long_form(path: Path, beam_size: int) -> str:
+    """faster-whisper's own long-form decoding of the whole file (the model the job uses)."""
+    import faster_whisper
+
+    from operators.asr.whisper import _bundled_model_dir
+
+    global _FW
+    if _FW is None:
+        _FW = faster_whisper.WhisperModel(str(_bundled_model_dir()), device="cpu", compute_type="int8")
+    segs, _ = _FW.transcribe(str(path), language="en", beam_size=beam_size)
+    return " ".join(s.text.strip() for s in segs)
+
+
+_FW = None
+
+
+def dense(args, tmp: Path) -> int:
+    import soundfile as sf
+
+    inp = tmp / "dense"
+    inp.mkdir()
+    pools = {"corpus": [(demo_corpus.load(e), e["text"]) for e in demo_corpus.entries()],
+             "heldout": demo_corpus.held_out_clips()}
+    recs, lines, clip_lines, clip_id = {}, [], [], {}
+    for voices in args.voices.split(","):
+        pool = pools[voices]
+        for k in range(args.recordings):
+            data, sentences, _ = demo_corpus.build_dense_recording(
+                args.minutes * 60, seed=100 + k, no_pause_s=20.0 if k % 2 else 0.0, clips=pool)
+            name = f"{voices}{k}"
+            (inp / f"{name}.ogg").write_bytes(data)
+            recs[name] = sentences
+            lines.append({"audio_id": name, "uri": f"{name}.ogg", "text": " ".join(sentences), "language": "en"})
+        for j, (audio, text) in enumerate(pool):  # the same sentences as clips (16 kHz FLAC)
+            clip_id[text] = f"{voices}-clip{j:02d}"
+            sf.write(inp / f"{clip_id[text]}.flac", audio, demo_corpus.SR, format="FLAC", subtype="PCM_16")
+            clip_lines.append({"audio_id": clip_id[text], "uri": f"{clip_id[text]}.flac", "text": text,
+                               "language": "en"})
+    (inp / "long.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    (inp / "clips.jsonl").write_text("\n".join(json.dumps(x) for x in clip_lines) + "\n")
+    init_ray()
+    jobs = {}
+    for beam in (int(b) for b in args.job_beams.split(",")):
+        sets = [*args.overrides, f"asr.model.options.beam_size={beam}"]
+        summary, rows = job(str(inp / "long.jsonl"), tmp / f"out-dense-{beam}", sets, "silero")
+        _, clip_rows = job(str(inp / "clips.jsonl"), tmp / f"clips-dense-{beam}", sets, "silero")
+        jobs[beam] = summary, rows, {t: clip_rows[i]["text"] or "" for t, i in clip_id.items()}
+    print(f"{args.recordings} dense recordings of {args.minutes:g} min per voice set ({args.voices}; pauses "
+          f"0.4-1.0 s; odd ones with a 20 s stretch of no pause), 44.1 kHz stereo Ogg; 2-core CPU box")
+    print(f"{'recording':<10}{'decoding':<36}{'WER':>8}{'errors':>10}{'missing':>9}{'garbled':>9}{'segments':>9}")
+    totals: dict[str, list[int]] = {}
+
+    def line(rec: str, name: str, hyp: str, extra: str = "") -> None:
+        ref = " ".join(recs[rec])
+        e, n = word_errors(ref, hyp)
+        miss = demo_corpus.missing_sentences(recs[rec], hyp)
+        garbled = demo_corpus.garbled_sentences(recs[rec], hyp)
+        t = totals.setdefault(name, [0, 0, 0, 0])
+        t[0], t[1], t[2], t[3] = t[0] + e, t[1] + n, t[2] + len(miss), t[3] + len(garbled)
+        print(f"{rec:<10}{name:<36}{e / max(1, n):>8.4f}{f'{e}/{n}':>10}{len(miss):>9}{len(garbled):>9}{extra}")
+
+    for rec in recs:
+        for beam, (_, rows, by_text) in jobs.items():
+            r = rows[rec]
+            cov = r.get("coverage")
+            line(rec, f"job (silero) beam {beam}", r["text"] or "",
+                 f"{len(r['segments'] or []):>9}" + (f"   coverage {cov:.3f}" if cov is not None else ""))
+        for beam in jobs:
+            line(rec, f"faster-whisper long-form beam {beam}", fw_long_form(inp / f"{rec}.ogg", beam))
+        for beam, (_, _, by_text) in jobs.items():
+            line(rec, f"same sentences as clips beam {beam}", " ".join(by_text[s] for s in recs[rec]))
+    print("all recordings:")
+    for name, (e, n, miss, garbled) in totals.items():
+        print(f"{'':<10}{name:<36}{e / max(1, n):>8.4f}{f'{e}/{n}':>10}{miss:>9}{garbled:>9}")
+    for beam, (summary, _, _) in jobs.items():
+        print(f"job beam {beam}: model_busy_seconds {summary.get('model_busy_seconds') or 0:.1f}, segments "
+              f"{summary.get('segments')}, re-decoded segments {summary.get('redecoded_segments')}, "
+              f"extra model audio s {summary.get('redecode_audio_seconds')}, "
+              f"low-coverage rows {summary.get('low_coverage_rows')}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=5.0)
@@ -67,9 +163,17 @@ def main() -> int:
     ap.add_argument("--nar", action="store_true", help="also time granite-nar (tiny random checkpoint)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config overrides, every run")
     ap.add_argument("--modes", default=",".join(MODES), help="segment.vad values to compare")
+    ap.add_argument("--voices", default="corpus,heldout", help="--dense: corpus (the committed clips' "
+                    "voice) and/or heldout (other espeak-ng voices and sentences, spoken at run time)")
+    ap.add_argument("--job-beams", default="1,5", help="--dense: beam sizes to run the job (and "
+                    "faster-whisper's long form, and the clips) with")
+    ap.add_argument("--dense", action="store_true", help="dense speech (issue 18): the job against "
+                    "faster-whisper's own long-form decoding and the clips, on the same files")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="long_form_"))
+    if args.dense:
+        return dense(args, tmp)
     inp = tmp / "in"
     inp.mkdir()
     refs, lines = {}, []
