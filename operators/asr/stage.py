@@ -260,6 +260,23 @@ class ASRStage:
             rec.update(perf)
         return pa.Table.from_pylist(out, schema=ASR_OUT_SCHEMA)
 
+    def _batched(self, owners: list[int], audios: list, rows: list[dict], specs: dict) -> list:
+        """Results for `audios` in order (`owners[k]`: the row audio k is from), decoded length-sorted
+        in model calls of up to batch_size, each counted in the metrics."""
+        out: list = [None] * len(audios)
+        order = sorted(range(len(audios)), key=lambda k: len(audios[k]))
+        for at in range(0, len(order), self.batch_size):
+            chunk = order[at:at + self.batch_size]
+            langs = [rows[owners[k]]["language"] or self.default_language for k in chunk]
+            tasks = [specs[owners[k]] for k in chunk]
+            audio = [audios[k] for k in chunk]
+            started = time.perf_counter()
+            for k, res in zip(chunk, self._run(audio, langs, tasks)):
+                out[k] = res
+            self.metrics.model_call(time.perf_counter() - started, len(chunk), self.batch_size,
+                                    sum(len(a) for a in audio) / SAMPLE_RATE)
+        return out
+
     def _transcribe_batch(self, batch: pa.Table) -> list[dict]:
         rows = batch.to_pylist()
         specs: dict[int, TaskSpec] = {}
@@ -276,18 +293,7 @@ class ASRStage:
             audio = _from_pcm16(r["pcm16"])
             for j, (s, e) in enumerate(zip(r["seg_start"], r["seg_end"])):
                 clips.append((i, j, audio[s:e]))
-        order = sorted(range(len(clips)), key=lambda k: len(clips[k][2]))
-        results: list = [None] * len(clips)
-        for at in range(0, len(order), self.batch_size):
-            chunk = order[at:at + self.batch_size]
-            langs = [rows[clips[k][0]]["language"] or self.default_language for k in chunk]
-            tasks = [specs[clips[k][0]] for k in chunk]
-            audio = [clips[k][2] for k in chunk]
-            started = time.perf_counter()
-            for k, res in zip(chunk, self._run(audio, langs, tasks)):
-                results[k] = res
-            self.metrics.model_call(time.perf_counter() - started, len(chunk), self.batch_size,
-                                    sum(len(a) for a in audio) / SAMPLE_RATE)
+        results = self._batched([i for i, _, _ in clips], [a for _, _, a in clips], rows, specs)
         per_row: dict[int, list] = {}
         for (i, j, _), res in zip(clips, results):
             per_row.setdefault(i, []).append(res)
@@ -380,19 +386,7 @@ class ASRStage:
             order.append(i)
 
         def call(owners: list[int], audios: list) -> list:
-            out: list = [None] * len(audios)
-            idx = sorted(range(len(audios)), key=lambda k: len(audios[k]))
-            for at in range(0, len(idx), self.batch_size):
-                chunk = idx[at:at + self.batch_size]
-                langs = [rows[order[owners[k]]]["language"] or self.default_language for k in chunk]
-                tasks = [specs[order[owners[k]]] for k in chunk]
-                audio = [audios[k] for k in chunk]
-                started = time.perf_counter()
-                for k, res in zip(chunk, self._run(audio, langs, tasks)):
-                    out[k] = res
-                self.metrics.model_call(time.perf_counter() - started, len(chunk), self.batch_size,
-                                        sum(len(a) for a in audio) / SAMPLE_RATE)
-            return out
+            return self._batched([order[o] for o in owners], audios, rows, specs)
 
         results, covs, counts = cv.recover_batch(call, items, SAMPLE_RATE)
         found = {}

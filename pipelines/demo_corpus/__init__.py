@@ -119,17 +119,7 @@ def build_recording(target_s: float, seed: int = 1, *, rate: int = 44_100, chann
         k += 1
     mono = np.concatenate(parts)
     mono = mono + (10 ** (noise_db / 20) * rng.standard_normal(len(mono))).astype(np.float32)
-    import soxr
-
-    up = soxr.resample(mono, SR, rate).astype(np.float32)
-    # the second channel a little quieter, as two microphones would be
-    data = np.stack([up * (1.0 - 0.2 * c) for c in range(channels)], axis=1) if channels > 1 else up
-    buf = io.BytesIO()
-    with sf.SoundFile(buf, "w", rate, channels, format=fmt,
-                      subtype="VORBIS" if fmt == "OGG" else "PCM_16") as f:
-        for at in range(0, len(data), rate):  # libsndfile's Vorbis encoder crashes on one huge write
-            f.write(data[at:at + rate])
-    return buf.getvalue(), " ".join(texts), speech, tunes
+    return _encode(mono, rate, channels, fmt), " ".join(texts), speech, tunes
 
 
 def regenerate() -> None:
@@ -193,7 +183,8 @@ def build_dense_recording(target_s: float, seed: int = 1, *, pause_s: tuple[floa
 
 
 def _encode(mono: np.ndarray, rate: int, channels: int, fmt: str) -> bytes:
-    """16 kHz mono -> `rate` Hz, `channels` channels (the second a little quieter), encoded."""
+    """16 kHz mono -> `rate` Hz, `channels` channels (the second a little quieter, as two microphones
+    would be), encoded as `fmt` (Ogg Vorbis or 16-bit PCM)."""
     import soxr
 
     up = soxr.resample(mono, SR, rate).astype(np.float32)
