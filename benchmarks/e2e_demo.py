@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from operators.asr import load_backend  # noqa: E402
 from operators.config import load_config  # noqa: E402
-from operators.segment import plan_segments  # noqa: E402
+from operators.audio.segment import plan_segments  # noqa: E402
 from pipelines import demo_corpus  # noqa: E402
 from pipelines.demo import BUCKET, CONFIG, stage_corpus  # noqa: E402
 from pipelines.local_s3 import LocalS3  # noqa: E402

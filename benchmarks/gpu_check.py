@@ -329,7 +329,7 @@ class Ctx:
 
 def run_child(args) -> int:
     # as on the device, which has none of them: transformers.audio_utils would import soundfile and soxr
-    # where they are installed, and the stage would take operators.decode's PCM conversion
+    # where they are installed, and the stage would take operators.audio.decode's PCM conversion
     for name in FORBIDDEN:
         sys.modules.setdefault(name, None)
     ctx = Ctx(args)

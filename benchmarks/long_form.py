@@ -42,7 +42,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from operators.config import load_config  # noqa: E402
-from operators.report import word_errors  # noqa: E402
+from operators.output.report import word_errors  # noqa: E402
 from pipelines import demo_corpus  # noqa: E402
 from pipelines.cluster import init_ray  # noqa: E402
 

@@ -136,8 +136,8 @@ def actor_only(input_dir: Path, n: int, rtfx: float, extra: list[str]) -> dict:
 
     from operators.asr.stage import ASRStage
     from pipelines.transcribe import asr_compute
-    from operators.decode import decode_batch
-    from operators.sources import source_table
+    from operators.audio.decode import decode_batch
+    from operators.io.sources import source_table
 
     files = sorted(input_dir.glob("*.flac"))[:n]
     cfg = load_config(ROOT / "configs" / "demo.yaml", [
@@ -182,8 +182,8 @@ def vad_options(files: list[Path], recordings: int = 3) -> dict:
     import onnxruntime as ort
 
     from operators.config import SegmentConfig
-    from operators.decode import decode_audio
-    from operators.vad import WINDOW, EnergyVAD, SileroVAD, speech_regions
+    from operators.audio.decode import decode_audio
+    from operators.audio.vad import WINDOW, EnergyVAD, SileroVAD, speech_regions
     from pipelines import demo_corpus
 
     data_dir = Path(__import__("silero_vad").__file__).parent / "data"
@@ -208,7 +208,7 @@ def vad_options(files: list[Path], recordings: int = 3) -> dict:
         return [seq.run(["speech_probs"], {"input": framed(a), "h": zero, "c": zero})[0] for a in audios]
 
     def onnx_stream(audios, per_call=256):  # pieces as SileroVAD cuts them, one window per call
-        from operators.vad import CHUNK_WINDOWS, WARM_WINDOWS
+        from operators.audio.vad import CHUNK_WINDOWS, WARM_WINDOWS
         out = [np.zeros(-(-len(a) // WINDOW), np.float32) for a in audios]
         pieces = []
         for f, a in enumerate(audios):

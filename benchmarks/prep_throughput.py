@@ -5,7 +5,7 @@ with a plain soundfile decode loop over the same files (one run, so the ratio is
 
 Prints audio-seconds per wall-second per core for:
   plain      fetch each object with s3fs, soundfile.read it (one core, one process)
-  prep       operators.decode.decode_batch: concurrent fetch, decode, downmix, resample check,
+  prep       operators.audio.decode.decode_batch: concurrent fetch, decode, downmix, resample check,
              guards, segment plan, PCM16 (one core, one process)
   prep+ray   the same stage as Ray Data tasks over every core of a local cluster (per core)
 Targets (backbone issue): prep >= 2000x real time per core and >= 0.4 of plain.
@@ -26,8 +26,8 @@ import soundfile as sf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from operators.config import JobConfig  # noqa: E402
-from operators.decode import decode_batch  # noqa: E402
-from operators.sources import source_table  # noqa: E402
+from operators.audio.decode import decode_batch  # noqa: E402
+from operators.io.sources import source_table  # noqa: E402
 from pipelines import demo_corpus  # noqa: E402
 from pipelines.local_s3 import LocalS3  # noqa: E402
 

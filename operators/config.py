@@ -15,12 +15,15 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
+from operators.backends import available_backends, backend_class, builtin_backends, is_backend
+from operators.tasks import TRANSLATE, capabilities, normalize_keywords, normalize_language, parse_task
+
 SAMPLE_RATE = 16_000
 # schemes a manifest row may name by default (with the input's own and local files); see
 # InputConfig.allowed_schemes
 OBJECT_STORE_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
 # What an audio glob/prefix lists and a tar shard takes by default (input.extensions): every format the
-# decoders open from bytes. The one place this set lives (operators.sources re-exports it).
+# decoders open from bytes. The one place this set lives (operators.io.sources re-exports it).
 AUDIO_EXTENSIONS = (
     # libsndfile (soundfile)
     ".wav", ".wave", ".bwf", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".aifc", ".au",
@@ -204,14 +207,10 @@ class ASRConfig(_Section):
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, v: str) -> str:
-        from operators.asr import available_backends, builtin_backends, is_backend
-
         if not is_backend(v):
             raise ValueError(f"unknown backend {v!r}; choose one of {sorted(available_backends())} or a "
                              "plugin class as module:Class")
         if v not in builtin_backends():  # a plugin: import it now and check what it declares
-            from operators.asr import backend_class
-
             backend_class(v)
         return v
 
@@ -221,8 +220,6 @@ class ASRConfig(_Section):
         caps = _capabilities(info.data.get("backend"))
         if caps is None or caps.languages is None or v.language is None:
             return v
-        from operators.asr.base import normalize_language
-
         if normalize_language(v.language) not in caps.languages:
             raise ValueError(f"asr.model.language {v.language!r}: backend {info.data['backend']!r} "
                              f"transcribes {', '.join(sorted(caps.languages))}")
@@ -231,8 +228,6 @@ class ASRConfig(_Section):
     @field_validator("task", mode="before")
     @classmethod
     def _task(cls, v: Any, info: ValidationInfo) -> str:
-        from operators.asr.base import parse_task
-
         task = parse_task(v)
         caps = _capabilities(info.data.get("backend"))
         if caps is not None:
@@ -247,8 +242,6 @@ class ASRConfig(_Section):
     @field_validator("target_language", mode="before")
     @classmethod
     def _target_language(cls, v: Any, info: ValidationInfo) -> str | None:
-        from operators.asr.base import TRANSLATE, normalize_language
-
         target = normalize_language(v)
         caps = _capabilities(info.data.get("backend"))
         task = info.data.get("task")
@@ -277,8 +270,6 @@ class ASRConfig(_Section):
     @field_validator("keywords", mode="before")
     @classmethod
     def _keywords(cls, v: Any, info: ValidationInfo) -> list[str]:
-        from operators.asr.base import normalize_keywords
-
         keywords = list(normalize_keywords(v))
         caps = _capabilities(info.data.get("backend"))
         if keywords and caps is not None and not caps.keywords:
@@ -289,13 +280,10 @@ class ASRConfig(_Section):
 
 
 def _capabilities(backend: str | None):
-    """What a backend class declares (operators.asr.base.capabilities), without loading weights;
+    """What a backend class declares (operators.tasks.capabilities), without loading weights;
     None when the backend is unknown or its module cannot be imported here."""
     if not backend:
         return None
-    from operators.asr import backend_class
-    from operators.asr.base import capabilities
-
     try:
         return capabilities(backend_class(backend))
     except (ImportError, ValueError):
@@ -303,8 +291,6 @@ def _capabilities(backend: str | None):
 
 
 def _backends_that(test) -> list[str]:
-    from operators.asr import available_backends
-
     out = []
     for name in available_backends():
         caps = _capabilities(name)

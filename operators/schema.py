@@ -8,14 +8,14 @@ SCHEMA_VERSION = "5"  # 2: task, target_language, translation; segments[].transl
 #                       3: loop_suspected
 #                       4: raw_text, words, speakers, tags_suspect (granite-plus); older files read
 #                          with these as nulls
-#                       5: coverage, segment_coverage (operators.coverage); older files read with
+#                       5: coverage, segment_coverage (operators.asr.coverage); older files read with
 #                          these as nulls
 
 SEGMENT_TYPE = pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("text", pa.string()),
                           ("translation", pa.string())])
 
 # granite-plus word timestamps / speaker turns, file times; speaker labels are per segment
-# (`seg<j>-spk<n>`, operators.words); start_s/end_s null where the task gives no times
+# (`seg<j>-spk<n>`, operators.asr.words); start_s/end_s null where the task gives no times
 WORD_TYPE = pa.struct([("word", pa.string()), ("start_s", pa.float64()), ("end_s", pa.float64()),
                        ("speaker", pa.string())])
 
@@ -126,6 +126,9 @@ ASR_OUT_SCHEMA = pa.schema(list(OUTPUT_SCHEMA) + [pa.field(n, t) for n, t in DEC
 
 OK = "ok"
 ERROR = "error"
+# an ok row whose `coverage` is below this is flagged: the summary's low_coverage_rows and the default of
+# FilterRules.min_coverage (operators.asr.coverage computes it and re-exports this)
+COVERAGE_FLAG_BELOW = 0.9
 
 
 def error_text(kind: str, message: str) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from operators.config import load_config
-from operators.report import format_summary, wer
+from operators.output.report import format_summary, wer
 from pipelines import demo_corpus
 from pipelines.local_s3 import LocalS3
 from pipelines.transcribe import run

@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from operators import storage
-from operators.report import normalize
+from operators.output.report import normalize
 from pipelines.cluster import ray_session, read_transcripts, transcript_files
 
 SCORE_SCHEMA = pa.schema([

@@ -17,9 +17,9 @@ import time
 from collections import Counter
 
 from operators import storage
-from operators.export import EXPORT_STATS, WRITERS
-from operators.filters import REASONS, FilterRules
-from operators.write import write_json
+from operators.labeling.export import EXPORT_STATS, WRITERS
+from operators.labeling.filters import REASONS, FilterRules
+from operators.output.write import write_json
 from pipelines.cluster import ray_session, read_transcripts, transcript_files
 
 

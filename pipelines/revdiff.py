@@ -18,7 +18,7 @@ import sys
 
 import pyarrow as pa
 
-from operators.report import normalize, word_errors
+from operators.output.report import normalize, word_errors
 from pipelines.cluster import ray_session, read_transcripts, transcript_files
 
 COLUMNS = ["audio_id", "text", "status", "language"]

@@ -22,13 +22,16 @@ from typing import Any
 import pyarrow as pa
 import yaml
 
-from operators import retry, runs, selection, sources, storage, vad, write
+from operators import retry, storage
+from operators.audio import vad
+from operators.io import runs, selection, sources
+from operators.output import write
 from operators.asr import check_model, resolve_identity, segment_lengths
 from operators.asr.checks import ModelCheckError
 from operators.asr.stage import ASRStage, BackendLoadError
-from operators.decode import Decoder, decode_task
+from operators.audio.decode import Decoder, decode_task
 from operators.config import ConfigError, JobConfig, SegmentConfig, load_config
-from operators.report import STATS_SCHEMA, Summary, format_summary
+from operators.output.report import STATS_SCHEMA, Summary, format_summary
 from operators.schema import SOURCE_SCHEMA
 from pipelines.cluster import ray_session
 

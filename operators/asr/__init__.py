@@ -1,53 +1,18 @@
-"""Model backends behind one protocol (operators.asr.base.ASRBackend); one module each.
-
-Backends are imported lazily so a missing optional dependency fails only when that backend is built,
-with a message naming the extra to install.
+"""Model backends behind one protocol (operators.asr.base.ASRBackend); one module each, with the ASR
+stage (stage), coverage (coverage) and word times (words). The registry itself lives in
+operators.backends (config validation needs it without importing a backend); its functions are
+re-exported here.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from operators.backends import available_backends, backend_class, builtin_backends, is_backend  # noqa: F401
 
 if TYPE_CHECKING:  # pragma: no cover
     from operators.asr.base import ASRBackend
     from operators.config import ModelConfig
-
-# name -> (module, class)
-_BACKENDS = {
-    "whisper": ("operators.asr.whisper", "WhisperBackend"),
-    "granite-ar": ("operators.asr.granite_ar", "GraniteARBackend"),
-    "granite-nar": ("operators.asr.granite_nar", "GraniteNarBackend"),
-    "granite-plus": ("operators.asr.granite_plus", "GraniteSpeechPlusBackend"),
-    "simulated": ("operators.asr.simulated", "SimulatedBackend"),
-}
-
-
-def available_backends() -> list[str]:
-    """Built-in backends and those installed under the `granite_transcribe.backends` entry point group."""
-    from operators.asr.plugins import entry_point_names
-
-    return list(_BACKENDS) + [n for n in entry_point_names() if n not in _BACKENDS]
-
-
-def builtin_backends() -> list[str]:
-    return list(_BACKENDS)
-
-
-def is_backend(name: str) -> bool:
-    """A built-in or entry-point name, or a `module:Class` reference (checked when it is imported)."""
-    from operators.asr.plugins import is_reference
-
-    return name in available_backends() or is_reference(name)
-
-
-def backend_class(name: str):
-    if name in _BACKENDS:
-        module, cls = _BACKENDS[name]
-        return getattr(importlib.import_module(module), cls)
-    from operators.asr.plugins import plugin_class
-
-    return plugin_class(name, available_backends())
 
 
 def load_backend(name: str, model: "ModelConfig") -> "ASRBackend":

@@ -121,7 +121,7 @@ def batch_features(audios: Sequence[torch.Tensor | np.ndarray], variant: Variant
 # --------------------------------------------------------------------------------------------------
 # Batched path for an accelerator: one STFT launch for a whole sub-batch instead of one per clip
 # --------------------------------------------------------------------------------------------------
-PCM_SCALE = 32767.0   # operators.decode.to_pcm16 / from_pcm16: int16 <-> float
+PCM_SCALE = 32767.0   # operators.audio.decode.to_pcm16 / from_pcm16: int16 <-> float
 FEATURE_CHUNK = 32    # clips per batched STFT (bounds the complex spectrogram: ~1.6 GB at 128 x 60 s)
 
 

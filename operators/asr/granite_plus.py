@@ -23,7 +23,7 @@ segment 10000 tokens: never cut short). `scale_budget_by_duration: true` gives a
 (5000 for a 30-s timestamped clip, still far above the ~40 tokens a second of dense speech needs), so a
 looping short clip stops sooner.
 
-The output is parsed by operators.words.parse (tolerant, never raises): `Transcript.text` holds the
+The output is parsed by operators.asr.words.parse (tolerant, never raises): `Transcript.text` holds the
 words without tags, `raw_text` the output as generated (decoded with skip_special_tokens, unstripped),
 `words` the words with clip-relative times / speaker numbers, `tags_suspect` whether the tags needed
 repairs (or a tagged task gave no tags, or the budget cut the output).
@@ -39,7 +39,7 @@ from operators.asr.base import SPEAKERS, TIMESTAMPS, TRANSCRIBE, TaskSpec, Trans
 from operators.asr.granite_ar import (AUDIO_TOKEN, OPTIONS as AR_OPTIONS, SAMPLE_RATE, SIZES, GraniteARBackend,
                                       _imports, build_tokenizer, config_fields, has_loop,
                                       save_checkpoint)
-from operators.words import parse
+from operators.asr.words import parse
 
 DEFAULT_MODEL = "ibm-granite/granite-speech-4.1-2b-plus"
 

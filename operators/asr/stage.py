@@ -49,8 +49,8 @@ from operators.asr.errors import (OutOfMemoryError, describe, drop_tracebacks, i
 from operators.config import SAMPLE_RATE, JobConfig
 from operators.metrics import JobMetrics
 from operators.schema import ASR_OUT_SCHEMA, DECODE_PERF_COLUMNS, ERROR, OK, error_text
-from operators.segment import file_bounds, stitch
-from operators.words import KeptTime, attach as attach_words
+from operators.audio.segment import file_bounds, stitch
+from operators.asr.words import KeptTime, attach as attach_words
 
 log = logging.getLogger(__name__)
 
@@ -359,13 +359,13 @@ class ASRStage:
         return out
 
     def _coverage(self, rows: list[dict], clips: list, per_row: dict[int, list], specs: dict) -> dict:
-        """Dropped speech (operators.coverage): each ok row's segments against the speech voice activity
+        """Dropped speech (operators.asr.coverage): each ok row's segments against the speech voice activity
         found in them (the transcript's times where the backend gives them, else its words per second
         against the file's own rate). A segment that lost speech is decoded a second time, once: all of
         the batch's second tries length-sorted and batched like the first pass, through the same
         retries; a result is replaced only where the second try covers more. Updates `per_row`;
         returns per row (file coverage, per-segment coverage, counts)."""
-        from operators import coverage as cv
+        from operators.asr import coverage as cv
 
         if not cv.enabled(self.backend) or self.cfg.segment.vad == "none":  # none: speech unknown
             return {}
@@ -453,7 +453,7 @@ def _note_sticky(job: str, key: str) -> int:
 
 def _ray_node_id() -> str | None:
     try:
-        from operators.decode import ray_node_id  # imports soundfile; absent where only torch is
+        from operators.audio.decode import ray_node_id  # imports soundfile; absent where only torch is
     except ImportError:
         return None
     return ray_node_id()
@@ -461,7 +461,7 @@ def _ray_node_id() -> str | None:
 
 def _from_pcm16(data: bytes) -> np.ndarray:
     try:
-        from operators.decode import from_pcm16
+        from operators.audio.decode import from_pcm16
     except ImportError:  # no soundfile / soxr (a GPU check machine): the same conversion
         return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32767.0
     return from_pcm16(data)

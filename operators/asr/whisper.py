@@ -7,7 +7,7 @@ Clips are batched: one encoder call and one greedy `generate` for the whole list
 Timestamps (option `timestamps`, default on): the model decodes with its timestamp tokens, as its own
 long-form decoding does, and each Transcript carries the spans it covered in clip seconds
 (`extras["spans"]`: [start_s, end_s, text] per timestamped phrase; `extras["complete_s"]`: where the
-last complete phrase ends); operators.coverage compares them with the speech in the clip and the stage
+last complete phrase ends); operators.asr.coverage compares them with the speech in the clip and the stage
 continues a segment from its last complete timestamp where the model stopped early. Measured (issue
 18, tiny.en at beam 1, 4 dense 5-minute recordings, benchmarks/long_form.py --dense): the code before
 it (no timestamps, no second try, dense regions cut only past the maximum) WER 0.0714 with one

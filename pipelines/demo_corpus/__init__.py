@@ -203,7 +203,7 @@ def _sentence_alignment(sentences: list[str], hypothesis: str) -> tuple[list[int
     hypothesis word (right or substituted: heard, maybe misrecognised)."""
     import jiwer
 
-    from operators.report import normalize
+    from operators.output.report import normalize
 
     words = [normalize(s, "en").split() for s in sentences]
     owner = [k for k, w in enumerate(words) for _ in w]

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import pytest
 
-from operators.coverage import FLAG_BELOW
-from operators.report import word_errors
+from operators.asr.coverage import FLAG_BELOW
+from operators.output.report import word_errors
 from pipelines import demo_corpus
 from pipelines.transcribe import run
 from tests.integration.conftest import clip_bytes, corpus, job_config, jsonl, put, read_output

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from operators.filters import FilterRules
+from operators.labeling.filters import FilterRules
 from pipelines.evaluate import run_evaluate
 from pipelines.export import run_export
 from pipelines.transcribe import run
@@ -87,7 +87,7 @@ def _version(tmp_path, name: str, rows: list[dict]) -> str:
     import pyarrow as pa
 
     from operators.schema import OUTPUT_SCHEMA
-    from operators.write import write_table
+    from operators.output.write import write_table
 
     full = [{"audio_id": r[0], "text": r[1], "status": r[2], "language": "en", "model": "m",
              "model_revision": name, "backend": "b"} for r in rows]

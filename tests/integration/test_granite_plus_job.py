@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from operators.filters import FilterRules
+from operators.labeling.filters import FilterRules
 from pipelines.export import run_export
 from pipelines.transcribe import run
 from tests.integration.conftest import clip_bytes, corpus, job_config, jsonl, put, read_output
@@ -107,10 +107,10 @@ def test_granite_plus_job_writes_words_speakers_and_raw_text(s3, ray_cluster, pr
 
 
 def _tagged_rows():
-    """v4 rows as the stage builds them (operators.words.attach over parsed Plus output)."""
+    """v4 rows as the stage builds them (operators.asr.words.attach over parsed Plus output)."""
     from types import SimpleNamespace
 
-    from operators.words import attach, parse
+    from operators.asr.words import attach, parse
 
     def res(raw, dur):
         p = parse(raw, dur)
@@ -144,7 +144,7 @@ def test_subtitle_rttm_and_nemo_exports(s3, ray_cluster, prefix):
     import pyarrow as pa
 
     from operators.schema import OUTPUT_SCHEMA
-    from operators.write import part_name, write_table
+    from operators.output.write import part_name, write_table
 
     import pyarrow.parquet as pq
 

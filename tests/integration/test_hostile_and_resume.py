@@ -119,7 +119,7 @@ def test_local_cluster_stays_on_loopback(ray_cluster):
 
 
 def test_scheduled_run_is_not_repeated_for_its_slot(s3, ray_cluster, prefix):
-    from operators import runs
+    from operators.io import runs
 
     items = corpus(2)
     for e in items:

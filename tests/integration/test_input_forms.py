@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from operators.report import wer
+from operators.output.report import wer
 from pipelines.transcribe import run
 from tests.integration.conftest import clip_bytes, corpus, job_config, jsonl, put, read_output
 

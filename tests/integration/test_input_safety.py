@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from operators.report import wer
+from operators.output.report import wer
 from operators.schema import error_kind
 from pipelines.transcribe import run
 from tests.counting_http import CountingServer

@@ -14,7 +14,7 @@ import yaml
 
 from operators import storage
 from operators.config import InputConfig
-from operators.report import wer
+from operators.output.report import wer
 from pipelines.transcribe import main, run
 from tests.archive_fixtures import ARCHIVE, FORMS, HIDDEN, NEW_EXTENSION_FORMS, NON_AUDIO, encode
 from tests.integration.conftest import ROOT, clip_bytes, corpus, job_config, put, read_output

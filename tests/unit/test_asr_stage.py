@@ -10,9 +10,9 @@ import pyarrow as pa
 import pytest
 
 from operators.config import JobConfig, SegmentConfig
-from operators.decode import decode_audio, from_pcm16, to_pcm16
+from operators.audio.decode import decode_audio, from_pcm16, to_pcm16
 from operators.schema import ASR_OUT_SCHEMA, DECODED_SCHEMA, ERROR, OK, OUTPUT_SCHEMA, PERF_COLUMNS
-from operators.segment import plan_segments
+from operators.audio.segment import plan_segments
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
 

@@ -1,4 +1,4 @@
-"""operators.coverage: dropped-speech detection and its bounded recovery, as pure functions (no Ray,
+"""operators.asr.coverage: dropped-speech detection and its bounded recovery, as pure functions (no Ray,
 no model), and the whisper backend's timestamp parsing."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from operators import coverage as cv
+from operators.asr import coverage as cv
 from operators.asr.base import Transcript
 
 SR = 16_000
@@ -162,8 +162,8 @@ def test_a_dense_region_over_the_target_is_cut_at_its_deepest_pause_before_the_t
     (30 s) but under the maximum (60 s, granite-nar's) is cut at its deepest pause in the 8 s before the
     target, not sent whole."""
     from operators.config import SegmentConfig
-    from operators.segment import plan_speech
-    from operators.vad import WINDOW
+    from operators.audio.segment import plan_speech
+    from operators.audio.vad import WINDOW
 
     rng = np.random.default_rng(1)
     audio = (0.1 * rng.standard_normal(50 * SR)).astype(np.float32)
@@ -181,8 +181,8 @@ def test_a_dense_region_over_the_target_is_cut_at_its_deepest_pause_before_the_t
 
 def test_no_pause_at_all_is_cut_at_the_quietest_point_before_the_target():
     from operators.config import SegmentConfig
-    from operators.segment import plan_speech
-    from operators.vad import WINDOW
+    from operators.audio.segment import plan_speech
+    from operators.audio.vad import WINDOW
 
     rng = np.random.default_rng(2)
     audio = (0.1 * rng.standard_normal(45 * SR)).astype(np.float32)
@@ -338,7 +338,7 @@ def test_stage_measures_coverage_recovers_once_and_counts_it():
 
     from operators.asr.stage import ASRStage
     from operators.config import JobConfig
-    from operators.decode import to_pcm16
+    from operators.audio.decode import to_pcm16
     from operators.schema import DECODED_SCHEMA, OK
 
     rng = np.random.default_rng(0)

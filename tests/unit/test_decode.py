@@ -1,4 +1,4 @@
-"""operators.decode: every codec to 16 kHz mono float32, typed failures, PCM16, decode_batch."""
+"""operators.audio.decode: every codec to 16 kHz mono float32, typed failures, PCM16, decode_batch."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import soundfile as sf
 
 import audio_fixtures as af
 from operators.config import DecodeConfig, JobConfig
-from operators.decode import AudioError, decode_audio, decode_batch, from_pcm16, to_pcm16
+from operators.audio.decode import AudioError, decode_audio, decode_batch, from_pcm16, to_pcm16
 from operators.schema import DECODED_SCHEMA, ERROR, OK
-from operators.segment import plan_segments
-from operators.sources import source_table
+from operators.audio.segment import plan_segments
+from operators.io.sources import source_table
 
 SR = 16_000
 

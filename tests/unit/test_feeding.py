@@ -12,7 +12,7 @@ import pytest
 from operators.asr import check_model, load_backend
 from operators.asr.checks import ModelCheckError
 from operators.config import ModelConfig
-from operators.report import Summary, block_stats
+from operators.output.report import Summary, block_stats
 from operators.schema import ASR_OUT_SCHEMA, OK
 
 
@@ -51,7 +51,7 @@ def _block(ids, read_at, actor, started, ready, first, last, busy, audio_s=10.0)
 
 
 def test_feeding_figures_from_block_timing(monkeypatch):
-    import operators.report as report
+    import operators.output.report as report
 
     s = Summary()
     # actor A starts at 100, is ready at 101; two blocks; actor B starts at 102; the last file is

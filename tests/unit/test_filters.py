@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from operators.filters import FilterRules, compression_ratio, drop_reason, max_ngram_count
+from operators.labeling.filters import FilterRules, compression_ratio, drop_reason, max_ngram_count
 
 GOOD = {"status": "ok", "text": "the weather today is warm and sunny", "duration_s": 3.0,
         "agreement": 0.95, "language": "en", "segments": [{"start_s": 0.0, "end_s": 3.0,

@@ -16,10 +16,10 @@ import pytest
 import audio_fixtures as af
 from operators.asr.base import TaskSpec, normalize_keywords, parse_task
 from operators.config import ConfigError, InputConfig, JobConfig, SegmentConfig, load_config
-from operators.decode import decode_batch, to_pcm16
+from operators.audio.decode import decode_batch, to_pcm16
 from operators.schema import DECODED_SCHEMA, ERROR, OK, OUTPUT_SCHEMA, SCHEMA_VERSION
-from operators.segment import plan_segments
-from operators.sources import ManifestSource
+from operators.audio.segment import plan_segments
+from operators.io.sources import ManifestSource
 
 ROOT = Path(__file__).resolve().parents[2]
 SR = 16_000
@@ -129,7 +129,7 @@ def test_manifest_task_columns(tmp_path):
 
 
 def test_decode_carries_task_columns():
-    from operators.sources import source_table
+    from operators.io.sources import source_table
 
     wav = af.encode(af.tone(1.0), SR, "wav")
     table = source_table(["a", "b"], ["mem://a.wav", "mem://b.wav"], blobs=[wav, b""],

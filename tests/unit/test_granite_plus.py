@@ -18,7 +18,7 @@ from operators.asr.features import log_mel  # noqa: E402
 from operators.asr.granite_ar import audio_embed_size  # noqa: E402
 from operators.asr.granite_plus import GraniteSpeechPlusBackend, random_checkpoint  # noqa: E402
 from operators.config import ConfigError, ModelConfig, load_config  # noqa: E402
-from operators.words import parse  # noqa: E402
+from operators.asr.words import parse  # noqa: E402
 
 SR = 16_000
 LENGTHS_S = (0.7, 1.9, 3.1, 4.4, 12.0)

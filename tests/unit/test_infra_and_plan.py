@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from operators import runs
+from operators.io import runs
 from operators.config import ConfigError, load_config
 from pipelines.transcribe import parse_args
 

@@ -17,9 +17,9 @@ import pytest
 
 import audio_fixtures as af
 from operators.config import ConfigError, InputConfig, JobConfig, load_config
-from operators.decode import decode_batch
+from operators.audio.decode import decode_batch
 from operators.schema import error_kind
-from operators.sources import (HFParquetSource, ManifestSource, WebDatasetSource, resolve_row_path,
+from operators.io.sources import (HFParquetSource, ManifestSource, WebDatasetSource, resolve_row_path,
                                split_source_error)
 from tests.counting_http import CountingServer
 

@@ -13,9 +13,9 @@ import soundfile as sf
 
 from operators import config, storage
 from operators.config import InputConfig, load_config
-from operators.decode import AudioError, decode_audio
-from operators.report import Summary, format_summary
-from operators.sources import AudioFilesSource, InputError, WebDatasetSource
+from operators.audio.decode import AudioError, decode_audio
+from operators.output.report import Summary, format_summary
+from operators.io.sources import AudioFilesSource, InputError, WebDatasetSource
 from pipelines import demo_corpus
 from tests.archive_fixtures import ARCHIVE, FORMS, HIDDEN, NEW_EXTENSION_FORMS, NON_AUDIO, encode
 

@@ -9,10 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from operators.report import Summary, block_stats, normalize, wer, word_errors
+from operators.output.report import Summary, block_stats, normalize, wer, word_errors
 from operators.schema import (DECODED_SCHEMA, ERROR, OK, OUTPUT_SCHEMA, SCHEMA_VERSION, SOURCE_SCHEMA,
                               error_kind, error_text)
-from operators.write import (SUMMARY_NAME, clear, done_ids, part_name, version_dir, write_block,
+from operators.output.write import (SUMMARY_NAME, clear, done_ids, part_name, version_dir, write_block,
                              write_json, write_table)
 
 T0 = dt.datetime(2024, 5, 6, 7, 8, 9, 123000, tzinfo=dt.timezone.utc)
@@ -233,7 +233,7 @@ def test_summary_empty():
 def test_v3_files_stay_readable_with_v4_columns_as_nulls(tmp_path):
     """Schema 4 added raw_text / words / speakers / tags_suspect: a file written before them reads back
     with nulls there, next to a v4 file that has them."""
-    from operators.write import read_columns
+    from operators.output.write import read_columns
 
     new = _row("v4", text="hi there")
     new.update(raw_text=["hi [T:40] there [T:90]"], tags_suspect=False, speakers=[[]],

@@ -1,4 +1,4 @@
-"""operators.segment: cuts only at pauses, segments tile the audio, stitch joins texts."""
+"""operators.audio.segment: cuts only at pauses, segments tile the audio, stitch joins texts."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 
 import audio_fixtures as af
 from operators.config import SegmentConfig
-from operators.segment import plan_segments, stitch
+from operators.audio.segment import plan_segments, stitch
 
 SR = 16_000
 

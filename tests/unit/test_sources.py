@@ -1,4 +1,4 @@
-"""operators.sources on local temp dirs: manifests, audio files, tar shards, HF Parquet, dedupe/resume."""
+"""operators.io.sources on local temp dirs: manifests, audio files, tar shards, HF Parquet, dedupe/resume."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 
 import audio_fixtures as af
 from operators.config import InputConfig
-from operators.decode import decode_audio
+from operators.audio.decode import decode_audio
 from operators.schema import SOURCE_SCHEMA
-from operators.sources import (AudioFilesSource, HFParquetSource, InputError, ManifestSource,
+from operators.io.sources import (AudioFilesSource, HFParquetSource, InputError, ManifestSource,
                                WebDatasetSource, dedupe, detect_format, drop_done, make_source,
                                source_table)
 
@@ -351,7 +351,7 @@ def test_listing_skips_hidden_and_underscore_directories_but_not_a_named_file(tm
 
 def test_audio_listing_records_size_and_mtime_as_the_source_version(tmp_path):
     from operators.config import InputConfig
-    from operators.sources import AudioFilesSource
+    from operators.io.sources import AudioFilesSource
 
     (tmp_path / "a.wav").write_bytes(b"x" * 10)
     [row] = AudioFilesSource(InputConfig(uri=str(tmp_path))).list_units().to_pylist()

@@ -135,7 +135,7 @@ def test_a_single_clip_out_of_memory_is_that_files_error_only():
 
 
 def test_summary_shows_out_of_memory_counts_and_the_cap():
-    from operators.report import Summary, block_stats
+    from operators.output.report import Summary, block_stats
 
     backend = OomBackend(budget=16 * 16 * 1600)
     stage = _stage(backend, batch_size=16)

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from operators.filters import REASONS, FilterRules, drop_reason
-from operators.subtitles import cues, nemo_words, rttm, srt, vtt
-from operators.words import attach, parse
+from operators.labeling.filters import REASONS, FilterRules, drop_reason
+from operators.labeling.subtitles import cues, nemo_words, rttm, srt, vtt
+from operators.asr.words import attach, parse
 
 
 class _Res:
@@ -79,7 +79,8 @@ def test_tags_and_timestamps_rules():
 
 
 def test_backend_plugin_through_an_entry_point(tmp_path, monkeypatch):
-    from operators.asr import available_backends, backend_class, plugins
+    from operators import backends as plugins
+    from operators.asr import available_backends, backend_class
     from operators.config import load_config
 
     (tmp_path / "echo_plugin.py").write_text(
@@ -108,7 +109,7 @@ def test_backend_plugin_through_an_entry_point(tmp_path, monkeypatch):
 
 
 def test_plugin_with_no_class_behind_the_entry_point_is_a_config_error(tmp_path, monkeypatch):
-    from operators.asr import plugins
+    from operators import backends as plugins
     from operators.config import ConfigError, load_config
 
     info = tmp_path / "gone-0.1.dist-info"

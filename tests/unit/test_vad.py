@@ -1,4 +1,4 @@
-"""operators.vad and segment.plan_speech: speech found, silence left out, segments joined to the backend's
+"""operators.audio.vad and segment.plan_speech: speech found, silence left out, segments joined to the backend's
 target and cut only in pauses, file times kept; on real speech (the espeak-ng corpus) and synthetic music."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import pytest
 import soundfile as sf
 
 from operators.config import JobConfig, SegmentConfig
-from operators.decode import decode_audio, decode_batch, from_pcm16
-from operators.segment import file_bounds, plan_segments, plan_speech
-from operators.sources import source_table
-from operators.vad import WINDOW, EnergyVAD, SileroVAD, resolve_method, silero_available, speech_regions
+from operators.audio.decode import decode_audio, decode_batch, from_pcm16
+from operators.audio.segment import file_bounds, plan_segments, plan_speech
+from operators.io.sources import source_table
+from operators.audio.vad import WINDOW, EnergyVAD, SileroVAD, resolve_method, silero_available, speech_regions
 from pipelines import demo_corpus
 
 SR = 16_000
@@ -220,7 +220,7 @@ def test_decode_batch_carries_only_the_kept_audio(recording, silero):
 
 
 def test_vad_method_resolution_names_the_fix(monkeypatch):
-    import operators.vad as vad
+    import operators.audio.vad as vad
 
     assert resolve_method("energy") == "energy" and resolve_method("none") == "none"
     monkeypatch.setattr(vad, "silero_available", lambda: False)
@@ -236,7 +236,7 @@ def test_vad_method_resolution_names_the_fix(monkeypatch):
 def test_summary_reports_speech_kept_and_model_time_saved():
     import pyarrow as pa
 
-    from operators.report import Summary, block_stats, format_summary
+    from operators.output.report import Summary, block_stats, format_summary
 
     rows = pa.Table.from_pylist([{"status": "ok", "error": None, "duration_s": 100.0, "segments": [], "text": "",
                                   "reference": None, "language": "en"}] * 2)
@@ -262,7 +262,7 @@ def test_summary_reports_speech_kept_and_model_time_saved():
 
 
 def test_times_inside_a_segment_map_across_the_silence_left_out():
-    from operators.segment import to_file_samples
+    from operators.audio.segment import to_file_samples
 
     ss, se = [1000, 5000, 9000], [2000, 6000, 9500]   # kept: 0-1000, 1000-2000, 2000-2500
     assert to_file_samples([0, 999, 1000, 1500, 2499], ss, se).tolist() == [1000, 1999, 5000, 5500, 9499]

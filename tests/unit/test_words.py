@@ -1,4 +1,4 @@
-"""operators.words: the tolerant Plus tag parser (property tests over seeded random tag soup, round trips
+"""operators.asr.words: the tolerant Plus tag parser (property tests over seeded random tag soup, round trips
 of well-formed output, each kind of damage flagged), stitching across segments, the timestamp sanity
 check and speaker turns. No model, no Ray."""
 
@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from operators.words import attach, parse, speaker_label, speaker_turns, timestamp_problem
+from operators.asr.words import attach, parse, speaker_label, speaker_turns, timestamp_problem
 
 VOCAB = ["hello", "world", "good", "morning", "yes", "no", "the", "quick", "fox", "café", "o'clock", "x"]
 TAG = re.compile(r"\[\s*(T|Speaker)\b", re.IGNORECASE)
@@ -218,7 +218,7 @@ def test_speaker_turns_from_untimed_words_share_the_segment_by_characters():
 def test_words_map_through_kept_speech_ranges_to_file_time():
     """Voice activity dropped 3-5 s of a file: the model heard 1-3 s then 5-7 s joined. A word after
     the join is placed after the gap; a time on the join ends the first range / starts the second."""
-    from operators.words import KeptTime
+    from operators.asr.words import KeptTime
 
     sr = 16_000
     to_file = KeptTime([0], [1 * sr, 5 * sr], [3 * sr, 7 * sr], sr)

@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import pyarrow as pa
 
-from operators.schema import OK, error_kind
+from operators.schema import COVERAGE_FLAG_BELOW, OK, error_kind
 
 SAMPLE_RATE = 16_000  # operators.config.SAMPLE_RATE: the ASR stage's caps are in samples at this rate
 SIZING_RTFX = 4000.0  # cpus_per_gpu_needed_at: the GPU speed (audio-s per s) a node is sized for
@@ -130,11 +130,10 @@ def block_stats(table: pa.Table, path: str | None, perf: pa.Table | None = None,
 
 
 def _low_coverage(rows: list[dict]) -> int:
-    """ok rows whose transcript covers less of the speech than operators.coverage.FLAG_BELOW."""
-    from operators.coverage import FLAG_BELOW
+    """ok rows whose transcript covers less of the speech than schema.COVERAGE_FLAG_BELOW."""
 
     return sum(1 for r in rows if r.get("status") == OK and r.get("coverage") is not None
-               and r["coverage"] < FLAG_BELOW)
+               and r["coverage"] < COVERAGE_FLAG_BELOW)
 
 
 class Summary:
@@ -265,8 +264,8 @@ class Summary:
             "asr_oom_errors": int(round(self.cpu["asr_ooms"])),
             "asr_oom_splits": int(round(self.cpu["asr_splits"])),
             "asr_frame_cap_s": self.cost_cap / SAMPLE_RATE if self.cost_cap else None,
-            # dropped speech (operators.coverage): segments decoded a second time, the extra audio the model
-            # heard for them, and ok rows still covering less of their speech than coverage.FLAG_BELOW
+            # dropped speech (operators.asr.coverage): segments decoded a second time, the extra audio the model
+            # heard for them, and ok rows still covering less of their speech than schema.COVERAGE_FLAG_BELOW
             "redecoded_segments": int(round(self.cpu["redecoded_segments"])),
             "redecode_audio_seconds": self.cpu["redecode_audio_s"],
             "low_coverage_rows": int(round(self.cpu["low_coverage_rows"])),

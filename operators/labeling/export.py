@@ -2,7 +2,7 @@
 (audio bytes + text) and WebDataset tar shards. Each writer is a Ray Data block function: it writes
 one file per block (deterministic name from the block's ids) and returns one stats row, so nothing
 passes through the driver but counts. SRT / WebVTT / RTTM from word timestamps and speaker turns
-live in operators.subtitles and are registered in WRITERS here.
+live in operators.labeling.subtitles and are registered in WRITERS here.
 """
 
 from __future__ import annotations
@@ -17,38 +17,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from operators import storage
-from operators.filters import FilterRules, drop_reason
-from operators.subtitles import nemo_words, write_rttm, write_srt, write_vtt
-from operators.write import part_name, write_table
+from operators.labeling.files import EXPORT_STATS, file_name, put, split, stats  # noqa: F401 - EXPORT_STATS re-exported
+from operators.labeling.filters import FilterRules
+from operators.labeling.subtitles import nemo_words, write_rttm, write_srt, write_vtt
+from operators.output.write import write_table
 
-EXPORT_STATS = pa.schema([("kept", pa.int64()), ("audio_s", pa.float64()), ("dropped", pa.string()),
-                          ("path", pa.string())])
 HF_SCHEMA = pa.schema([
     ("audio", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
     ("text", pa.string()), ("audio_id", pa.string()), ("duration", pa.float64()),
     ("language", pa.string()), ("model", pa.string()), ("model_revision", pa.string()),
 ])
-
-
-def _stats(kept: list[dict], dropped: Counter, path: str | None) -> pa.Table:
-    return pa.Table.from_pylist([{"kept": len(kept), "audio_s": sum(r["duration_s"] or 0 for r in kept),
-                                  "dropped": json.dumps(dict(dropped)), "path": path}],
-                                schema=EXPORT_STATS)
-
-
-def _name(rows: list[dict], ext: str) -> str:
-    return part_name([r["audio_id"] for r in rows], ext)
-
-
-def _split(batch: pa.Table, rules: FilterRules) -> tuple[list[dict], Counter]:
-    kept, dropped = [], Counter()
-    for r in batch.to_pylist():
-        reason = drop_reason(r, rules)
-        if reason:
-            dropped[reason] += 1
-        else:
-            kept.append(r)
-    return kept, dropped
 
 
 def fetch_audio(rows: list[dict], storage_options: dict | None) -> list[bytes | Exception]:
@@ -98,12 +76,6 @@ def _read_members(container: str, wanted: set[str], storage_options: dict | None
     return found
 
 
-def _put(uri: str, data: bytes, storage_options: dict | None) -> None:
-    fs, p = storage.filesystem(uri, storage_options)
-    fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
-    fs.pipe_file(p, data)
-
-
 def _audio_ext(row: dict) -> str:
     uri = row["source_uri"].split("#")[-1]
     ext = posixpath.splitext(uri)[1].lower()
@@ -124,7 +96,7 @@ def write_nemo(batch: pa.Table, out_dir: str, rules: FilterRules, storage_option
                audio_dir: str | None = None) -> pa.Table:
     """NeMo manifest lines (audio_filepath, duration, text, lang, ...). Rows whose audio sits inside a
     container are materialised under `audio_dir` (original bytes) or dropped as `no_standalone_audio`."""
-    kept, dropped = _split(batch, rules)
+    kept, dropped = split(batch, rules)
     lines, exported = [], []
     standalone = [r for r in kept if "#" not in r["source_uri"]]
     inside = [r for r in kept if "#" in r["source_uri"]]
@@ -134,7 +106,7 @@ def write_nemo(batch: pa.Table, out_dir: str, rules: FilterRules, storage_option
     elif inside:
         for r, data in _with_audio(inside, dropped, storage_options):
             uri = storage.join(audio_dir, r["audio_id"] + _audio_ext(r))
-            _put(uri, data, storage_options)
+            put(uri, data, storage_options)
             paths[r["audio_id"]] = uri
     for r in kept:
         if r["audio_id"] in paths:
@@ -145,35 +117,35 @@ def write_nemo(batch: pa.Table, out_dir: str, rules: FilterRules, storage_option
                 "agreement": r.get("agreement"), "model": r.get("model"),
                 "model_revision": r.get("model_revision"), **nemo_words(r)}, ensure_ascii=False))
     if not exported:
-        return _stats(exported, dropped, None)
-    uri = storage.join(out_dir, _name(exported, "jsonl"))
-    _put(uri, ("\n".join(lines) + "\n").encode(), storage_options)
-    return _stats(exported, dropped, uri)
+        return stats(exported, dropped, [])
+    uri = storage.join(out_dir, file_name(exported, "jsonl"))
+    put(uri, ("\n".join(lines) + "\n").encode(), storage_options)
+    return stats(exported, dropped, [uri])
 
 
 def write_hf(batch: pa.Table, out_dir: str, rules: FilterRules, storage_options: dict | None = None) -> pa.Table:
     """Parquet in the Hugging Face datasets layout: audio {bytes, path} + text (+ provenance)."""
-    kept, dropped = _split(batch, rules)
+    kept, dropped = split(batch, rules)
     pairs = _with_audio(kept, dropped, storage_options)
     if not pairs:
-        return _stats([], dropped, None)
+        return stats([], dropped, [])
     table = pa.Table.from_pylist([{
         "audio": {"bytes": data, "path": r["audio_id"] + _audio_ext(r)}, "text": r["text"],
         "audio_id": r["audio_id"], "duration": r["duration_s"], "language": r.get("language"),
         "model": r.get("model"), "model_revision": r.get("model_revision")} for r, data in pairs],
         schema=HF_SCHEMA)
     rows = [r for r, _ in pairs]
-    uri = storage.join(out_dir, _name(rows, "parquet"))
+    uri = storage.join(out_dir, file_name(rows, "parquet"))
     write_table(table, uri, storage_options)
-    return _stats(rows, dropped, uri)
+    return stats(rows, dropped, [uri])
 
 
 def write_wds(batch: pa.Table, out_dir: str, rules: FilterRules, storage_options: dict | None = None) -> pa.Table:
     """One WebDataset tar shard per block: {key}.{audio ext} + {key}.txt + {key}.json."""
-    kept, dropped = _split(batch, rules)
+    kept, dropped = split(batch, rules)
     pairs = _with_audio(kept, dropped, storage_options)
     if not pairs:
-        return _stats([], dropped, None)
+        return stats([], dropped, [])
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for r, data in pairs:
@@ -187,9 +159,9 @@ def write_wds(batch: pa.Table, out_dir: str, rules: FilterRules, storage_options
                 info.size = len(payload)
                 tar.addfile(info, io.BytesIO(payload))
     rows = [r for r, _ in pairs]
-    uri = storage.join(out_dir, _name(rows, "tar"))
-    _put(uri, buf.getvalue(), storage_options)
-    return _stats(rows, dropped, uri)
+    uri = storage.join(out_dir, file_name(rows, "tar"))
+    put(uri, buf.getvalue(), storage_options)
+    return stats(rows, dropped, [uri])
 
 
 WRITERS = {"nemo": write_nemo, "hf": write_hf, "wds": write_wds, "srt": write_srt, "vtt": write_vtt,

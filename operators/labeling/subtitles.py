@@ -1,24 +1,23 @@
 """Exports from word timestamps and speaker turns (granite-plus rows): SRT and WebVTT subtitles (one
 file per audio file, `<audio_id>.srt|.vtt`), RTTM speaker turns (one file per block) and the word
-alignments NeMo manifests carry. The writers are Ray Data block functions like operators.export's:
+alignments NeMo manifests carry. The writers are Ray Data block functions like operators.labeling.export's:
 filtered by the same rules, one stats row per file written.
 
 Cues: words in order, a new cue at a speaker change, a pause of `CUE_GAP_S`, `CUE_MAX_CHARS`
-characters or `CUE_MAX_S` seconds. RTTM turns come from operators.words.speaker_turns: exact where
+characters or `CUE_MAX_S` seconds. RTTM turns come from operators.asr.words.speaker_turns: exact where
 words carry times, shared out by characters within a segment where they do not (the speakers task
 gives no times).
 """
 
 from __future__ import annotations
 
-import json
-from collections import Counter
 
 import pyarrow as pa
 
 from operators import storage
-from operators.filters import FilterRules
-from operators.words import speaker_turns
+from operators.labeling.files import file_name, put, split, stats
+from operators.labeling.filters import FilterRules
+from operators.asr.words import speaker_turns
 
 CUE_MAX_CHARS = 42
 CUE_MAX_S = 7.0
@@ -91,31 +90,19 @@ def nemo_words(row: dict) -> dict:
                        **({"speaker": w["speaker"]} if w.get("speaker") else {})} for w in words]}
 
 
-def _stats_rows(kept: list[dict], dropped: Counter, paths: list[str]) -> pa.Table:
-    from operators.export import EXPORT_STATS
-
-    rows = [{"kept": len(kept) if i == 0 else 0,
-             "audio_s": sum(r["duration_s"] or 0 for r in kept) if i == 0 else 0.0,
-             "dropped": json.dumps(dict(dropped)) if i == 0 else "{}", "path": p}
-            for i, p in enumerate(paths or [None])]
-    return pa.Table.from_pylist(rows, schema=EXPORT_STATS)
-
-
 def _per_file(batch: pa.Table, out_dir: str, rules: FilterRules, storage_options: dict | None, ext: str,
               render) -> pa.Table:
-    from operators.export import _put, _split
-
-    kept, dropped = _split(batch, rules)
+    kept, dropped = split(batch, rules)
     done, paths = [], []
     for r in kept:
         if not timed_words(r):
             dropped["no_word_times"] += 1
             continue
         uri = storage.join(out_dir, r["audio_id"] + ext)
-        _put(uri, render(r).encode(), storage_options)
+        put(uri, render(r).encode(), storage_options)
         done.append(r)
         paths.append(uri)
-    return _stats_rows(done, dropped, paths)
+    return stats(done, dropped, paths)
 
 
 def write_srt(batch: pa.Table, out_dir: str, rules: FilterRules, storage_options: dict | None = None) -> pa.Table:
@@ -130,9 +117,7 @@ def write_vtt(batch: pa.Table, out_dir: str, rules: FilterRules, storage_options
 
 def write_rttm(batch: pa.Table, out_dir: str, rules: FilterRules, storage_options: dict | None = None) -> pa.Table:
     """One RTTM file per block with the speaker turns of every kept row that has speakers."""
-    from operators.export import _name, _put, _split
-
-    kept, dropped = _split(batch, rules)
+    kept, dropped = split(batch, rules)
     done, text = [], []
     for r in kept:
         lines = rttm(r)
@@ -142,7 +127,7 @@ def write_rttm(batch: pa.Table, out_dir: str, rules: FilterRules, storage_option
         done.append(r)
         text.append(lines)
     if not done:
-        return _stats_rows([], dropped, [])
-    uri = storage.join(out_dir, _name(done, "rttm"))
-    _put(uri, "".join(text).encode(), storage_options)
-    return _stats_rows(done, dropped, [uri])
+        return stats([], dropped, [])
+    uri = storage.join(out_dir, file_name(done, "rttm"))
+    put(uri, "".join(text).encode(), storage_options)
+    return stats(done, dropped, [uri])

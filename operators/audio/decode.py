@@ -22,8 +22,8 @@ from operators import storage
 from operators.config import SAMPLE_RATE, DecodeConfig, JobConfig
 from operators.retry import TRANSIENT_KIND, RetriesExhausted
 from operators.schema import DECODED_SCHEMA, ERROR, OK, TASK_COLUMNS, error_text
-from operators.segment import plan_speech
-from operators.sources import split_source_error
+from operators.audio.segment import plan_speech
+from operators.io.sources import split_source_error
 
 BLOCK_S = 30  # seconds of source audio read per block
 
@@ -247,7 +247,7 @@ def decode_batch(batch: pa.Table, cfg: JobConfig, detector=None) -> pa.Table:
     """Ray Data stage: SOURCE_SCHEMA rows -> DECODED_SCHEMA rows.
 
     Fetches what is not embedded (concurrently), decodes, resamples, finds speech (`detector`, an
-    operators.vad detector, over the whole block at once; None keeps all audio) and plans segments.
+    operators.audio.vad detector, over the whole block at once; None keeps all audio) and plans segments.
     The row's pcm16 holds only the kept audio. Every per-file failure becomes a row with
     status='error'; nothing raised here loses a block.
     """
@@ -307,7 +307,7 @@ class Decoder:
     loads once per actor, not once per block."""
 
     def __init__(self, cfg: JobConfig):
-        from operators.vad import make_detector
+        from operators.audio.vad import make_detector
 
         self.cfg = cfg
         self.detector = make_detector(cfg.segment.vad, cfg.segment)
@@ -318,6 +318,6 @@ class Decoder:
 
 def decode_task(batch: pa.Table, cfg: JobConfig) -> pa.Table:
     """The decode stage as plain Ray tasks (decode.min_actors: 0): the detector loads per call."""
-    from operators.vad import make_detector
+    from operators.audio.vad import make_detector
 
     return decode_batch(batch, cfg, make_detector(cfg.segment.vad, cfg.segment))

@@ -1,9 +1,12 @@
-"""User backends as plugins: `asr.backend: mypkg.module:Class`, or a name registered under the
-`granite_transcribe.backends` entry point group (pyproject: `[project.entry-points."granite_transcribe.backends"]
+"""The backend registry: built-in backends by module name (imported only when one is asked for, so a
+missing optional dependency fails only then, naming the extra to install), and user backends as
+plugins: `asr.backend: mypkg.module:Class`, or a name registered under the `granite_transcribe.backends`
+entry point group (pyproject: `[project.entry-points."granite_transcribe.backends"]
 mybackend = "mypkg.module:Class"`). A plugin class is checked like the built-ins: it must implement the
 protocol of operators.asr.base (name, max_clip_s, identity(cfg), transcribe) and declare only task parts,
 languages and translation pairs the stage knows; config validation then asks its capabilities like any
-backend's. Nothing here imports a plugin until it is asked for. No Ray in here.
+backend's. Nothing here imports a backend or a plugin until it is asked for; config.py imports this
+module, which imports only operators.tasks. No Ray in here.
 """
 
 from __future__ import annotations
@@ -12,8 +15,40 @@ import importlib
 import re
 from functools import lru_cache
 
+from operators.tasks import KINDS, TRANSLATE, capabilities
+
 GROUP = "granite_transcribe.backends"
 _REFERENCE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+# name -> (module, class); the modules are imported on first use (backend_class)
+_BACKENDS = {
+    "whisper": ("operators.asr.whisper", "WhisperBackend"),
+    "granite-ar": ("operators.asr.granite_ar", "GraniteARBackend"),
+    "granite-nar": ("operators.asr.granite_nar", "GraniteNarBackend"),
+    "granite-plus": ("operators.asr.granite_plus", "GraniteSpeechPlusBackend"),
+    "simulated": ("operators.asr.simulated", "SimulatedBackend"),
+}
+
+
+def available_backends() -> list[str]:
+    """Built-in backends and those installed under the `granite_transcribe.backends` entry point group."""
+    return list(_BACKENDS) + [n for n in entry_point_names() if n not in _BACKENDS]
+
+
+def builtin_backends() -> list[str]:
+    return list(_BACKENDS)
+
+
+def is_backend(name: str) -> bool:
+    """A built-in or entry-point name, or a `module:Class` reference (checked when it is imported)."""
+    return name in available_backends() or is_reference(name)
+
+
+def backend_class(name: str):
+    if name in _BACKENDS:
+        module, cls = _BACKENDS[name]
+        return getattr(importlib.import_module(module), cls)
+    return plugin_class(name, available_backends())
 
 
 def is_reference(name: str) -> bool:
@@ -66,8 +101,6 @@ def plugin_class(name: str, known: list[str]):
 
 def check_plugin(cls, where: str) -> None:
     """The built-in backends' contract, checked on the class (no weights loaded)."""
-    from operators.asr.base import KINDS, TRANSLATE, capabilities
-
     if not isinstance(cls, type):
         raise ValueError(f"backend {where} is not a class")
     problems = []

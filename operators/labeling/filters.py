@@ -11,7 +11,8 @@ from collections import Counter
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from operators.words import timestamp_problem
+from operators.asr.words import timestamp_problem
+from operators.schema import COVERAGE_FLAG_BELOW
 
 # checked in this order; the first failing rule is the row's reason
 REASONS = ("error", "empty", "duration", "chars_per_second", "agreement", "language", "loop", "repetition",
@@ -43,7 +44,7 @@ class FilterRules(BaseModel):
                                    "their segment, or exceed max_words_per_s.")
     max_words_per_s: float = Field(8.0, gt=0, description="Words per second of segment audio above which "
                                    "word timestamps are implausible.")
-    min_coverage: float | None = Field(0.9, ge=0, le=1, description="Drop rows whose transcript covers "
+    min_coverage: float | None = Field(COVERAGE_FLAG_BELOW, ge=0, le=1, description="Drop rows whose transcript covers "
                                        "less of the speech than this (`coverage`: speech lost even after "
                                        "the second try); rows without it pass. None keeps all.")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from operators import write
+from operators.output import write
 from operators.config import ConfigError, SelectConfig
 
 

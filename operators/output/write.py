@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from operators import storage
 from operators.metrics import JobMetrics
-from operators.report import block_stats
+from operators.output.report import block_stats
 from operators.retry import TRANSIENT_KIND, RetryPolicy
 from operators.retry import call as retry_call
 from operators.storage import OutputError

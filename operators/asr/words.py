@@ -33,7 +33,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 
-from operators.segment import to_file_samples
+from operators.audio.segment import to_file_samples
 
 WRAP_S = 10.0          # [T:N] is centiseconds modulo 1000
 SILENCE = "_"

@@ -1,6 +1,6 @@
 """Choose what audio the model hears, cut it into segments, and stitch results back.
 
-`plan_speech` (the job's planner): speech regions from a voice-activity detector (operators.vad) are
+`plan_speech` (the job's planner): speech regions from a voice-activity detector (operators.audio.vad) are
 padded, the silence between them is left out, and consecutive regions are joined into segments up to
 the backend's target length; a cut falls only between regions (in a pause), except inside a region
 longer than the target (dense speech: interviews, lectures, read books, whose pauses are all under
@@ -81,7 +81,7 @@ def plan_speech(audio: np.ndarray, cfg: SegmentConfig, probs: np.ndarray | None
     if probs is None:  # no pauses known: cut at the quietest point before the target
         starts, ends = plan_segments(audio, cfg.model_copy(update={"max_segment_s": target / SAMPLE_RATE}))
         return [0], [n], starts, ends
-    from operators.vad import speech_regions
+    from operators.audio.vad import speech_regions
 
     # units: (file start, file end, may join neighbours); a region over the target is cut inside it,
     # at its quietest point in the search window before the target (issue 18: not only past the maximum)

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from operators.schema import COVERAGE_FLAG_BELOW
+
 SLACK_S = 0.5            # a timed span covers this much either side (timestamps are 20 ms tokens, loose)
 MIN_GAP_S = 1.5          # uncovered speech shorter than this is no loss (a pause bridged by the VAD is <1 s)
 RATE_TOLERANCE = 0.8     # words per second this far under the file's own rate is still normal speech
@@ -40,7 +42,7 @@ RATE_TOLERANCE = 0.8     # words per second this far under the file's own rate i
 #                          one that lost most of its speech, 0.12)
 RATE_MIN_SPEECH_S = 4.0  # segments shorter than this do not set the file's rate
 RECOVER_BELOW = 0.95     # a segment covered less than this is recovered (once)
-FLAG_BELOW = 0.9         # a row below this is flagged (summary low_coverage_rows; FilterRules.min_coverage)
+FLAG_BELOW = COVERAGE_FLAG_BELOW  # a row below this is flagged (summary low_coverage_rows; FilterRules.min_coverage)
 SPLIT_PIECE_S = 10.0     # a split segment's pieces are about this long (whisper stops early in long windows)
 MIN_PIECE_S = 2.0        # no piece shorter than this
 SMOOTH_S = 0.2           # energy smoothing for finding pauses

@@ -1,0 +1,1 @@
+"""Outputs: transcript Parquet parts (write) and the run summary (report)."""
