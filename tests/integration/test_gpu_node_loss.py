@@ -89,11 +89,12 @@ class OutputWatch:
 def _asr_actor_parents() -> dict[int, int]:
     """pid -> parent pid of every live ASR actor process (`ray::MapBatches(ASRStage)`); a worker's
     parent is the raylet of the node it runs on."""
-    out = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-eo", "pid=,ppid=,stat=,args="], capture_output=True, text=True).stdout
     found = {}
     for line in out.splitlines():
-        fields = line.split(None, 2)
-        if len(fields) == 3 and "MapBatches(ASRStage)" in fields[2]:
+        fields = line.split(None, 3)
+        # a killed process not yet reaped (state Z) is dead: not an actor
+        if len(fields) == 4 and not fields[2].startswith("Z") and "MapBatches(ASRStage)" in fields[3]:
             found[int(fields[0])] = int(fields[1])
     return found
 
@@ -113,7 +114,19 @@ def _kill_node(raylet_pid: int) -> list[int]:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    # SIGKILL is delivered asynchronously: wait (briefly) until none of them still runs
+    until = time.time() + 10
+    while time.time() < until and any(_alive(p) for p in victims):
+        time.sleep(0.05)
     return victims
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
 
 
 def test_a_gpu_node_lost_mid_run(cluster, s3, prefix):
