@@ -5,8 +5,8 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from operators.output import write
 from operators.config import ConfigError, SelectConfig
+from operators.output import write
 
 
 def weak_ids(sel: SelectConfig, storage_options: dict | None = None) -> pa.Array:

@@ -11,13 +11,12 @@ gives no times).
 
 from __future__ import annotations
 
-
 import pyarrow as pa
 
 from operators import storage
+from operators.asr.words import speaker_turns
 from operators.labeling.files import file_name, put, split, stats
 from operators.labeling.filters import FilterRules
-from operators.asr.words import speaker_turns
 
 CUE_MAX_CHARS = 42
 CUE_MAX_S = 7.0
