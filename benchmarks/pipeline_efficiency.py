@@ -14,7 +14,10 @@ accelerator of fixed speed. One run, one local Ray cluster, figures side by side
                actor pool, each with segment.vad none and silero: audio-s per wall-s per core and
                decode / VAD CPU-seconds per audio-hour, side by side.
 6. before      (--vad-before silero_full) scenario 1 first with segment.vad=silero_full (the detector on
-               every window, as before issue 19), then as configured: both capacities, per-core ratio.
+               every window, as before issue 19), then as configured: both capacities, per-core ratio;
+               --before-set KEY=VALUE gives the before run any overrides (--before-set
+               segment.vad_on=decode --set segment.vad_on=actor: voice activity on decode, then on the
+               ASR actor, with carried_to_asr: the silence's cost in the object store).
 7. detectors   (--vad-options) each voice-activity option in this process, one thread, on the
                --distinct files and on long recordings (speech, pauses, music): CPU-seconds per
                audio-hour and whether its regions match silero_full's (vad_options()).
@@ -113,7 +116,8 @@ def process_cpu() -> dict[int, tuple[str, float]]:
 
 def cpu_profile(before: dict, after: dict, hours: float) -> dict[str, float]:
     """CPU seconds per audio-hour by role between two process_cpu() snapshots: each process alive at the
-    end counts what it spent since the first (processes that ended in between are not seen)."""
+    end counts what it spent since the first (processes that ended in between are not seen: the ASR
+    actor of a finished dataset among them; the summary's asr_actor_overhead counts its CPU)."""
     out: dict[str, float] = {}
     for pid, (role, cpu) in after.items():
         out[role] = out.get(role, 0.0) + (cpu - before.get(pid, (role, 0.0))[1]) / hours
@@ -282,6 +286,9 @@ def main() -> int:
     p.add_argument("--decode-compare", action="store_true", help="scenario 5: decode tasks vs actors")
     p.add_argument("--vad-before", metavar="METHOD", help="scenario 6: run the capacity scenario first with "
                    "segment.vad=METHOD (silero_full: the detector on every window), side by side")
+    p.add_argument("--before-set", dest="before", action="append", default=[], metavar="KEY=VALUE",
+                   help="scenario 6 with any overrides for the before run (e.g. segment.vad_on=decode, with "
+                   "--set segment.vad_on=actor for the after run)")
     p.add_argument("--vad-options", action="store_true", help="scenario 7: the detectors' own cost, in process")
     args = p.parse_args()
     root = Path(args.workdir)
@@ -299,7 +306,7 @@ def main() -> int:
         keys = ("files", "audio_hours", "pipeline_wall_seconds", "model_busy_seconds", "model_busy_fraction",
                 "first_model_call_after_job_start_s", "first_model_call_after_first_read_s",
                 "last_file_written_after_last_model_call_s", "cpu_seconds_per_audio_hour", "vad",
-                "cpus_per_gpu_needed_at", "speech_fraction", "wall_seconds")
+                "cpus_per_gpu_needed_at", "carried_to_asr", "speech_fraction", "wall_seconds")
         return {k: s.get(k) for k in keys}
 
     if args.vad_options:
@@ -307,7 +314,9 @@ def main() -> int:
 
     capacity = None
     if "capacity" not in args.skip:
-        runs = [("capacity_before", [f"segment.vad={args.vad_before}"])] if args.vad_before else []
+        if args.vad_before:
+            args.before.insert(0, f"segment.vad={args.vad_before}")
+        runs = [("capacity_before", args.before)] if args.before else []
         for name, extra in [*runs, ("capacity", [])]:
             before = process_cpu()
             load0 = os.getloadavg()[0]
@@ -322,12 +331,16 @@ def main() -> int:
             capacity = cap
             print(json.dumps({name: results[name], "profile": results[f"{name}_cpu_profile_s_per_audio_hour"]},
                              indent=1), flush=True)
-        if args.vad_before:
+        if args.before:
             b, a = results["capacity_before"], results["capacity"]
             results["capacity_after_over_before"] = {
                 "per_core": a["per_core"] / b["per_core"],
                 "decode_cpu_s_per_audio_hour": [b["cpu_seconds_per_audio_hour"]["decode"],
                                                 a["cpu_seconds_per_audio_hour"]["decode"]],
+                "asr_actor_cpu_s_per_audio_hour": [b["cpu_seconds_per_audio_hour"]["asr_actor_overhead"],
+                                                   a["cpu_seconds_per_audio_hour"]["asr_actor_overhead"]],
+                "carried_mb_per_audio_hour": [b["carried_to_asr"]["mb_per_audio_hour"],
+                                              a["carried_to_asr"]["mb_per_audio_hour"]],
                 "ray_workers_cpu_s_per_audio_hour": [
                     results["capacity_before_cpu_profile_s_per_audio_hour"].get("ray workers"),
                     results["capacity_cpu_profile_s_per_audio_hour"].get("ray workers")]}

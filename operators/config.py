@@ -123,11 +123,17 @@ class DecodeConfig(_Section):
 
 class SegmentConfig(_Section):
     vad: Literal["auto", "silero", "silero_full", "energy", "none"] = Field(
-        "auto", description="Voice activity: silero (the silero-vad package's model on the decode "
-        "workers, run only where window energy leaves the answer open: ~0.5 CPU-s per audio-hour of "
-        "speech), silero_full (the model on every window, ~3), energy (frame energy over the file's "
+        "auto", description="Voice activity: silero (the silero-vad package's model, run only where "
+        "window energy leaves the answer open: ~0.5 CPU-s per audio-hour of speech on a CPU; where it "
+        "runs: vad_on), silero_full (the model on every window, ~3), energy (frame energy over the file's "
         "noise floor), auto (silero where installed, else energy), none (keep all audio; cut at the "
         "quietest point before max_segment_s).")
+    vad_on: Literal["auto", "decode", "actor"] = Field(
+        "auto", description="Where voice activity runs: decode (the decode workers' CPUs; only the "
+        "kept audio travels to the ASR actors), actor (the ASR actor, on its GPU where it has one: the "
+        "decode workers spend no CPU on it, but the whole audio, silence too, travels to the actors), "
+        "auto (actor where the ASR actors take GPUs, asr.num_gpus > 0 and asr.model.device not cpu, and "
+        "the detector is silero or silero_full; else decode).")
     target_segment_s: float | None = Field(None, gt=1, description="Speech regions are joined into "
                                            "segments up to this length; empty: the backend's choice.")
     max_segment_s: float | None = Field(None, gt=1, description="A speech region longer than this is cut "

@@ -48,11 +48,14 @@ DECODE_PERF = [
     ("perf_vad_cpu_s", pa.float64()),      # of which voice-activity detection
     ("perf_vad", pa.string()),             # the detector and where it ran ("silero on decode CPU")
     ("perf_speech_s", pa.float64()),       # seconds of audio kept for the model (speech and pads)
+    ("perf_carried_bytes", pa.int64()),    # pcm16 bytes the row carried from decode to the ASR actors
     ("perf_fetch_retries", pa.int64()),    # transient fetch failures retried for this block, spread
 ]
 ASR_PERF = [
     ("perf_asr_busy_s", pa.float64()),     # wall seconds inside backend calls
     ("perf_asr_cpu_s", pa.float64()),      # the actor's CPU seconds outside backend calls
+    ("perf_asr_vad_cpu_s", pa.float64()),  # of which voice activity (segment.vad_on actor)
+    ("perf_asr_vad_s", pa.float64()),      # wall seconds the actor spent finding speech
     ("perf_actor", pa.string()),           # node/host:pid of the ASR actor
     ("perf_actor_started", pa.float64()),  # it began loading its model
     ("perf_actor_ready", pa.float64()),    # its model was loaded

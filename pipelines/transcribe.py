@@ -159,7 +159,11 @@ def describe(cfg: JobConfig, info: dict, source: sources.Source, units: pa.Table
              "actors": f"{cfg.decode.min_actors}..{cfg.decode.max_actors or 'cluster CPUs'}"
              if cfg.decode.min_actors else None, "num_cpus": cfg.decode.num_cpus,
              "files_per_call": cfg.decode.batch_size, "max_duration_s": cfg.decode.max_duration_s,
-             "vad": seg.vad, "segment_target_s": seg.target_segment_s, "segment_max_s": seg.max_segment_s},
+             "vad": seg.vad, "vad_on": (seg.vad_on if seg.vad_on == segment_config(cfg, True).vad_on else
+                                        f"{seg.vad_on} where decode shares the GPU nodes, else decode "
+                                        "(auto: decided when the job starts)"),
+             "segment_target_s": seg.target_segment_s,
+             "segment_max_s": seg.max_segment_s},
             {"stage": "asr", "kind": "actor pool", "backend": a.backend, "model": info["model"],
              "model_revision": info["model_revision"],
              "actors": a.num_actors if not a.max_actors else f"{a.num_actors}..{a.max_actors}",
@@ -231,7 +235,7 @@ def build(cfg: JobConfig, info: dict, source: sources.Source, units: pa.Table):
         per_block = max(cfg.decode.batch_size, math.ceil(units.num_rows / MAX_SOURCE_BLOCKS))
         ds = ray.data.from_arrow(_split(units, per_block))
 
-    cfg = cfg.model_copy(update={"segment": segment_config(cfg)})
+    cfg = cfg.model_copy(update={"segment": segment_config(cfg, decode_apart(cfg))})
     if cfg.decode.min_actors:
         compute, remote_args = decode_placement(cfg)
         ds = ds.map_batches(Decoder, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.decode.batch_size,
@@ -252,15 +256,36 @@ def build(cfg: JobConfig, info: dict, source: sources.Source, units: pa.Table):
     return ds
 
 
-def segment_config(cfg: JobConfig) -> SegmentConfig:
+def segment_config(cfg: JobConfig, decode_apart: bool = False) -> SegmentConfig:
     """cfg.segment with the backend's segment lengths where the user left them empty and the voice
-    activity method resolved here, on the driver (`auto`: silero where installed, else energy)."""
+    activity method and place resolved here, on the driver (`auto`: silero where installed, else
+    energy; vad_on `auto`: the ASR actors where they take GPUs and decode shares their nodes,
+    vad.resolve_where; `decode_apart`: decode runs on CPU-only nodes, decode_apart())."""
     try:
         method = vad.resolve_method(cfg.segment.vad)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    where = vad.resolve_where(cfg.segment.vad_on, method, cfg.asr.num_gpus, cfg.asr.model.device,
+                              decode_apart)
     target, longest = segment_lengths(cfg.asr.backend)
-    return cfg.segment.for_backend(target, longest).model_copy(update={"vad": method})
+    return cfg.segment.for_backend(target, longest).model_copy(update={"vad": method, "vad_on": where})
+
+
+def _nodes() -> tuple[list, list]:
+    """(ids of the alive GPU nodes, the alive CPU-only nodes) of the running cluster."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    gpu_nodes = [n["NodeID"] for n in nodes if n["Resources"].get("GPU", 0) > 0]
+    cpu_only = [n for n in nodes if not n["Resources"].get("GPU", 0) and n["Resources"].get("CPU", 0) > 0]
+    return gpu_nodes, cpu_only
+
+
+def decode_apart(cfg: JobConfig) -> bool:
+    """Whether decode runs apart from the GPU ASR actors, on CPU-only nodes (decode.avoid_gpu_nodes,
+    where the cluster has both kinds)."""
+    gpu_nodes, cpu_only = _nodes()
+    return bool(cfg.decode.avoid_gpu_nodes and cfg.asr.num_gpus and gpu_nodes and cpu_only)
 
 
 def decode_placement(cfg: JobConfig) -> tuple:
@@ -272,11 +297,9 @@ def decode_placement(cfg: JobConfig) -> tuple:
     import ray
 
     d, a = cfg.decode, cfg.asr
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    gpu_nodes = [n["NodeID"] for n in nodes if n["Resources"].get("GPU", 0) > 0]
-    cpu_only = [n for n in nodes if not n["Resources"].get("GPU", 0) and n["Resources"].get("CPU", 0) > 0]
+    gpu_nodes, cpu_only = _nodes()
     remote_args: dict = {}
-    if d.avoid_gpu_nodes and a.num_gpus and gpu_nodes and cpu_only:
+    if decode_apart(cfg):
         remote_args["label_selector"] = {"ray.io/node-id": f"!in({','.join(gpu_nodes)})"}
         cpus = sum(n["Resources"]["CPU"] for n in cpu_only)
     else:

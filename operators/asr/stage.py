@@ -19,6 +19,11 @@ Failures of a model call (operators.asr.errors):
 - every clip of a batch (two or more) failing on its own with the same error as the batch: the fault is
   the backend's, not the clips'; the job ends with one line (BackendLoadError).
 
+With segment.vad_on actor (operators.audio.vad.on_actor) the rows arrive whole and unplanned: the stage
+finds speech over the batch's files at once (silero on this actor's GPU where it has one, outside the
+model lock), plans each file's segments as decode would have (operators.audio.segment.plan_block), and
+goes on as above with the kept audio; the CPU and wall time it took are the rows' perf_asr_vad_*.
+
 Each row's task (transcribe / transcribe_raw / translate / both, target language, keywords) is the
 job's asr.* unless the row's task columns say otherwise; a row asking for something the backend cannot
 do becomes a `task:` error row. Backends that take per-clip tasks get them with the clips; the others
@@ -49,7 +54,8 @@ from operators.asr.errors import (OutOfMemoryError, describe, drop_tracebacks, i
 from operators.config import SAMPLE_RATE, JobConfig
 from operators.metrics import JobMetrics
 from operators.schema import ASR_OUT_SCHEMA, DECODE_PERF_COLUMNS, ERROR, OK, error_text
-from operators.audio.segment import file_bounds, stitch
+from operators.audio.segment import file_bounds, plan_block, stitch
+from operators.audio.vad import detector_device, make_detector, on_actor
 from operators.asr.words import KeptTime, attach as attach_words
 
 log = logging.getLogger(__name__)
@@ -101,7 +107,28 @@ class ASRStage:
         # padded audio one call may hold (clips x longest clip, samples); None: no limit seen yet
         self.cost_cap: int | None = None
         self.metrics = JobMetrics(cfg.name)
+        self.detector = self.vad_where = None
+        if on_actor(cfg.segment):  # segment.vad_on actor: the rows come whole, unplanned
+            device = detector_device(cfg.asr.model.device)
+            if device == "cpu" and cfg.asr.num_gpus:
+                log.warning("segment.vad_on is actor but this ASR actor sees no CUDA device: voice activity "
+                            "runs on its CPU")
+            self._load_detector(device)
         self.ready_at = time.time()
+
+    def _load_detector(self, device: str) -> None:
+        """The voice-activity detector on `device`; where it cannot load on cuda, on this actor's CPU."""
+        seg = self.cfg.segment
+        try:
+            self.detector = make_detector(seg.vad, seg, device=device, threads=0)
+        except Exception as e:  # noqa: BLE001 - the detector on CPU rather than no actor at all
+            if device == "cpu":
+                raise
+            log.warning("the %s detector could not load on %s (%s): voice activity runs on this actor's CPU",
+                        seg.vad, device, describe(e, 300))
+            device = "cpu"
+            self.detector = make_detector(seg.vad, seg, device=device, threads=0)
+        self.vad_where = f"{self.detector.name} on ASR actor {device}"
 
     def _task(self, r: dict, lang: str | None) -> TaskSpec:
         """The row's task: its task columns over the job's asr.*; TaskError if the backend cannot."""
@@ -254,6 +281,7 @@ class ASRStage:
                 "perf_actor_started": self.started_at, "perf_actor_ready": self.ready_at,
                 "perf_call_first": acc["first"] if acc["busy"] else None,
                 "perf_call_last": acc["last"] if acc["busy"] else None,
+                "perf_asr_vad_cpu_s": acc["vad_cpu"] / n, "perf_asr_vad_s": acc["vad_s"] / n,
                 "perf_asr_ooms": acc["ooms"] / n, "perf_asr_splits": acc["splits"] / n,
                 "perf_asr_cost_cap": self.cost_cap}
         for rec in out:
@@ -286,11 +314,13 @@ class ASRStage:
                 specs[i] = self._task(r, r["language"] or self.default_language)
             except TaskError as e:
                 task_errors[i] = e
+        audio_of = {i: _from_pcm16(r["pcm16"]) for i, r in enumerate(rows)
+                    if r["status"] == OK and i not in task_errors}
+        if self.detector is not None:
+            self._find_speech(rows, audio_of)
         clips: list[tuple[int, int, np.ndarray]] = []
-        for i, r in enumerate(rows):
-            if r["status"] != OK or i in task_errors:
-                continue
-            audio = _from_pcm16(r["pcm16"])
+        for i, audio in audio_of.items():
+            r = rows[i]
             for j, (s, e) in enumerate(zip(r["seg_start"], r["seg_end"])):
                 clips.append((i, j, audio[s:e]))
         results = self._batched([i for i, _, _ in clips], [a for _, _, a in clips], rows, specs)
@@ -358,6 +388,35 @@ class ASRStage:
             out.append(rec)
         return out
 
+    def _find_speech(self, rows: list[dict], audio_of: dict[int, np.ndarray]) -> None:
+        """segment.vad_on actor: voice activity over the batch's whole files at once (on this actor's
+        GPU where it has one), then each file's plan, as decode would have made it (segment.plan_block).
+        Fills the rows' speech and segment fields and leaves the kept audio in `audio_of`; a planning
+        failure is that row's `segment:` error."""
+        try:
+            plans, vad_cpu, vad_s = plan_block(list(audio_of.values()), self.cfg.segment, self.detector)
+        except Exception as e:  # noqa: BLE001 - a device fault in the detector: once more on the CPU
+            if not self.vad_where.endswith(" cuda"):
+                raise
+            drop_tracebacks(e)
+            log.warning("voice activity failed on cuda (%s); it runs on this actor's CPU from now on",
+                        describe(e, 300))
+            self._load_detector("cpu")
+            plans, vad_cpu, vad_s = plan_block(list(audio_of.values()), self.cfg.segment, self.detector)
+        acc = self._acc()
+        acc["vad_cpu"] += vad_cpu
+        acc["vad_s"] += vad_s
+        for r in rows:
+            r["perf_vad"] = self.vad_where
+        for i, plan in zip(list(audio_of), plans):
+            r = rows[i]
+            if isinstance(plan, Exception):
+                r.update(status=ERROR, error=error_text("segment", f"{type(plan).__name__}: {plan}"))
+                del audio_of[i]
+                continue
+            (r["speech_start"], r["speech_end"], r["seg_start"], r["seg_end"]), audio_of[i] = plan
+            r["perf_speech_s"] = len(audio_of[i]) / SAMPLE_RATE
+
     def _coverage(self, rows: list[dict], clips: list, per_row: dict[int, list], specs: dict) -> dict:
         """Dropped speech (operators.asr.coverage): each ok row's segments against the speech voice activity
         found in them (the transcript's times where the backend gives them, else its words per second
@@ -398,8 +457,10 @@ class ASRStage:
 
 def _new_account() -> dict:
     """One batch's model-call accounting: busy wall seconds, the backend's thread CPU, first/last call,
-    out-of-memory errors caught and halvings (after one, or before a call over the cap)."""
-    return {"busy": 0.0, "backend_cpu": 0.0, "first": float("inf"), "last": 0.0, "ooms": 0, "splits": 0}
+    out-of-memory errors caught, halvings (after one, or before a call over the cap), and the CPU and wall
+    seconds of voice activity run here (segment.vad_on actor)."""
+    return {"busy": 0.0, "backend_cpu": 0.0, "first": float("inf"), "last": 0.0, "ooms": 0, "splits": 0,
+            "vad_cpu": 0.0, "vad_s": 0.0}
 
 
 def _padded_cost(clips: list) -> int:

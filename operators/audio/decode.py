@@ -22,7 +22,8 @@ from operators import storage
 from operators.config import SAMPLE_RATE, DecodeConfig, JobConfig
 from operators.retry import TRANSIENT_KIND, RetriesExhausted
 from operators.schema import DECODED_SCHEMA, ERROR, OK, TASK_COLUMNS, error_text
-from operators.audio.segment import plan_speech
+from operators.audio.segment import plan_block
+from operators.audio.vad import on_actor
 from operators.io.sources import split_source_error
 
 BLOCK_S = 30  # seconds of source audio read per block
@@ -248,7 +249,9 @@ def decode_batch(batch: pa.Table, cfg: JobConfig, detector=None) -> pa.Table:
 
     Fetches what is not embedded (concurrently), decodes, resamples, finds speech (`detector`, an
     operators.audio.vad detector, over the whole block at once; None keeps all audio) and plans segments.
-    The row's pcm16 holds only the kept audio. Every per-file failure becomes a row with
+    The row's pcm16 holds only the kept audio; with segment.vad_on actor (`vad_on_actor`) it holds the
+    whole audio, unplanned (no detector runs here: the ASR actor finds speech and plans). Every
+    per-file failure becomes a row with
     status='error'; nothing raised here loses a block.
     """
     read_at, cpu0 = time.time(), time.process_time()
@@ -279,27 +282,36 @@ def decode_batch(batch: pa.Table, cfg: JobConfig, detector=None) -> pa.Table:
         except Exception as e:  # noqa: BLE001 - an unforeseen decoder failure stays per file
             rec.update(status=ERROR, error=error_text("decode", f"{type(e).__name__}: {e}"))
         out.append(rec)
-    vad0 = time.process_time()
-    probs = dict(zip(audios, detector.probs(list(audios.values())))) if detector and audios else {}
-    vad_cpu = time.process_time() - vad0
-    for i, audio in audios.items():
+    later = on_actor(cfg.segment)  # segment.vad_on actor: the whole audio goes, the actor finds speech
+    if later:                      # and plans
+        plans, vad_cpu = [None] * len(audios), 0.0
+    else:
+        plans, vad_cpu, _ = plan_block(list(audios.values()), cfg.segment, detector)
+    for i, plan in zip(audios, plans):
         rec = out[i]
-        try:
-            spans = plan_speech(audio, cfg.segment, probs.get(i))
-            rec["speech_start"], rec["speech_end"], rec["seg_start"], rec["seg_end"] = spans
-            rec["pcm16"] = to_pcm16(np.concatenate([audio[s:e] for s, e in zip(*spans[:2])])
-                                    if spans[0] else audio[:0])
-        except Exception as e:  # noqa: BLE001 - a planning failure stays per file
-            rec.update(status=ERROR, error=error_text("segment", f"{type(e).__name__}: {e}"), pcm16=None,
-                       seg_start=[], seg_end=[], speech_start=[], speech_end=[])
+        if later:
+            rec["pcm16"] = to_pcm16(audios[i])
+        elif isinstance(plan, Exception):
+            rec.update(status=ERROR, error=error_text("segment", f"{type(plan).__name__}: {plan}"))
+        else:
+            (rec["speech_start"], rec["speech_end"], rec["seg_start"], rec["seg_end"]), kept = plan
+            rec["pcm16"] = to_pcm16(kept)
     cpu = (time.process_time() - cpu0) / max(1, len(out))
     node = ray_node_id()
-    where = f"{detector.name} on decode CPU" if detector else "none"
+    where = "on the ASR actor" if later else f"{detector.name} on decode CPU" if detector else "none"
     for k, rec in enumerate(out):  # the block's retries on its first row: sums stay right
+        carried = len(rec["pcm16"] or b"")
         rec.update(perf_read_at=read_at, perf_decode_cpu_s=cpu, perf_vad_cpu_s=vad_cpu / len(out),
                    perf_vad=where, perf_decode_node=node, perf_fetch_retries=retries["fetch"] if k == 0 else 0,
-                   perf_speech_s=len(rec["pcm16"] or b"") / 2 / SAMPLE_RATE)
+                   perf_speech_s=carried / 2 / SAMPLE_RATE, perf_carried_bytes=carried)
     return pa.Table.from_pylist(out, schema=DECODED_SCHEMA)
+
+
+def decode_detector(cfg: JobConfig):
+    """The decode workers' detector: None where there is none or the ASR actors run it."""
+    from operators.audio.vad import make_detector
+
+    return None if on_actor(cfg.segment) else make_detector(cfg.segment.vad, cfg.segment)
 
 
 class Decoder:
@@ -307,10 +319,8 @@ class Decoder:
     loads once per actor, not once per block."""
 
     def __init__(self, cfg: JobConfig):
-        from operators.audio.vad import make_detector
-
         self.cfg = cfg
-        self.detector = make_detector(cfg.segment.vad, cfg.segment)
+        self.detector = decode_detector(cfg)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return decode_batch(batch, self.cfg, self.detector)
@@ -318,6 +328,4 @@ class Decoder:
 
 def decode_task(batch: pa.Table, cfg: JobConfig) -> pa.Table:
     """The decode stage as plain Ray tasks (decode.min_actors: 0): the detector loads per call."""
-    from operators.audio.vad import make_detector
-
-    return decode_batch(batch, cfg, make_detector(cfg.segment.vad, cfg.segment))
+    return decode_batch(batch, cfg, decode_detector(cfg))

@@ -11,6 +11,11 @@ Two detectors give a speech probability per 32 ms window (512 samples):
 - `EnergyVAD`: frame energy against the file's own noise floor; the fallback where silero-vad is not
   installed (or chosen with `segment.vad: energy`).
 
+Where a detector runs (`segment.vad_on`, `resolve_where`): on the decode workers' CPUs (one thread),
+which then carry only the kept audio to the ASR actors; or on the ASR actor (`on_actor`), on its GPU
+where it has one (`detector_device`), which then receives the whole audio. `auto` picks the actor
+where the ASR actors take GPUs and decode shares their nodes.
+
 `speech_regions` turns probabilities into sample ranges (hysteresis, shortest speech, shortest pause,
 pad) with numpy run-length operations, no per-window Python loop.
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
 
 import numpy as np
 
@@ -38,6 +44,34 @@ QUIET_RANGE_DB = 50.0        # or this far below its loud level (99th percentile
 
 def silero_available() -> bool:
     return importlib.util.find_spec("silero_vad") is not None
+
+
+def resolve_where(vad_on: str, method: str, asr_num_gpus: float, model_device: str,
+                  decode_apart: bool = False) -> str:
+    """segment.vad_on with `auto` resolved for the resolved `method`: `actor` where the ASR actors take
+    GPUs (asr.num_gpus > 0, asr.model.device not cpu), the detector is a model (silero, silero_full),
+    and the decode workers share the GPU nodes' cores (not `decode_apart`, on CPU-only nodes: there a
+    core is cheap and the silence would cross the network); else `decode`. `none` runs nowhere."""
+    if method == "none":
+        return "decode"
+    if vad_on == "auto":
+        gpu = asr_num_gpus > 0 and model_device != "cpu"
+        return "actor" if gpu and not decode_apart and method in ("silero", "silero_full") else "decode"
+    return vad_on
+
+
+def on_actor(segment: SegmentConfig) -> bool:
+    """Whether the ASR actors find speech (segment.vad_on as resolved on the driver) instead of decode."""
+    return segment.vad_on == "actor" and segment.vad != "none"
+
+
+def detector_device(model_device: str) -> str:
+    """Where an ASR actor runs its detector: cuda where the backend may use it and torch sees one."""
+    if model_device == "cpu":
+        return "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def resolve_method(name: str) -> str:
@@ -76,7 +110,10 @@ class SileroVAD:
     name = "silero"
 
     def __init__(self, threads: int = 1, gate: bool = True, min_silence_s: float = 1.0,
-                 threshold: float = 0.5):
+                 threshold: float = 0.5, device: str = "cpu"):
+        """`threads`: torch's intra-op threads, set process-wide (0 leaves them: an ASR actor's backend
+        owns them); `device`: where the model runs (cuda on a GPU actor); probabilities come back to
+        the CPU."""
         import torch
 
         spec = importlib.util.find_spec("silero_vad")
@@ -86,7 +123,9 @@ class SileroVAD:
         self._torch = torch
         if threads:
             torch.set_num_threads(threads)
-        self.model = torch.jit.load(path, map_location="cpu").eval()
+        self._lock = threading.Lock()  # an ASR actor calls it from several threads
+        self.device = torch.device(device)
+        self.model = torch.jit.load(path, map_location=self.device).eval()
         self.gate = gate
         self.name = "silero" if gate else "silero_full"
         self.threshold = threshold
@@ -183,8 +222,9 @@ class SileroVAD:
                 x = np.zeros((len(group), max(len(pieces[k]) for k in group)), np.float32)
                 for row, k in enumerate(group):
                     x[row, :len(pieces[k])] = pieces[k]
-                self.model.reset_states()
-                p = self.model.audio_forward(torch.from_numpy(x), SAMPLE_RATE).numpy()
+                with self._lock:  # the model keeps its recurrent state on itself: one call at a time
+                    self.model.reset_states()
+                    p = self.model.audio_forward(torch.from_numpy(x).to(self.device), SAMPLE_RATE).numpy()
                 for row, k in enumerate(group):
                     f, a, b, warm = where[k]
                     out[f][a:b] = p[row, warm: warm + (b - a)]
@@ -217,17 +257,18 @@ class EnergyVAD:
         return out
 
 
-def make_detector(method: str, segment: SegmentConfig | None = None):
+def make_detector(method: str, segment: SegmentConfig | None = None, device: str = "cpu", threads: int = 1):
     """The detector for `segment.vad` (resolved as `resolve_method` does); None for `none`. `silero`
     runs the model only where it can change the regions (SileroVAD, gate=True), `silero_full` on every
-    window; `segment` gives the gate the pauses that matter (min_silence_s, speech_threshold)."""
+    window; `segment` gives the gate the pauses that matter (min_silence_s, speech_threshold);
+    `device` and `threads` as SileroVAD takes them (a decode worker: cpu, 1 thread)."""
     method = resolve_method(method)
     if method == "none":
         return None
     if method in ("silero", "silero_full"):
         seg = segment or SegmentConfig()
-        return SileroVAD(gate=method == "silero", min_silence_s=seg.min_silence_s,
-                         threshold=seg.speech_threshold)
+        return SileroVAD(threads=threads, gate=method == "silero", min_silence_s=seg.min_silence_s,
+                         threshold=seg.speech_threshold, device=device)
     return EnergyVAD()
 
 

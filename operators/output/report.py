@@ -80,7 +80,9 @@ def block_perf(perf: pa.Table | None, write_cpu_s: float = 0.0) -> dict:
 
     out.update(decode_cpu_s=total("perf_decode_cpu_s"), vad_cpu_s=total("perf_vad_cpu_s"),
                speech_s=total("perf_speech_s"), asr_busy_s=total("perf_asr_busy_s"),
-               asr_cpu_s=total("perf_asr_cpu_s"), fetch_retries=int(total("perf_fetch_retries")),
+               asr_cpu_s=total("perf_asr_cpu_s"), asr_vad_cpu_s=total("perf_asr_vad_cpu_s"),
+               asr_vad_s=total("perf_asr_vad_s"), carried_bytes=total("perf_carried_bytes"),
+               fetch_retries=int(total("perf_fetch_retries")),
                asr_ooms=total("perf_asr_ooms"), asr_splits=total("perf_asr_splits"),
                redecoded_segments=total("perf_redecoded_segments"),
                redecode_audio_s=total("perf_redecode_audio_s"))
@@ -166,7 +168,8 @@ class Summary:
             self._add_perf(json.loads(r.get("perf") or "{}"))
 
     def _add_perf(self, p: dict) -> None:
-        for k in ("decode_cpu_s", "vad_cpu_s", "speech_s", "asr_cpu_s", "write_cpu_s", "asr_busy_s",
+        for k in ("decode_cpu_s", "vad_cpu_s", "speech_s", "asr_cpu_s", "asr_vad_cpu_s", "asr_vad_s",
+                  "carried_bytes", "write_cpu_s", "asr_busy_s",
                   "fetch_retries", "write_retries", "asr_ooms", "asr_splits", "redecoded_segments",
                   "redecode_audio_s", "low_coverage_rows"):
             self.cpu[k] += p.get(k, 0.0)
@@ -193,10 +196,15 @@ class Summary:
         model_busy_fraction: model_busy_seconds / sum over actors of their alive seconds (from the
           actor starting to load its model to the last file written; an actor that never got a batch is
           not seen). cpu_seconds_per_audio_hour: decode, asr_actor_overhead (the actor's CPU outside
-          backend calls) and write; vad is the part of decode spent finding speech.
-        vad: the detectors that ran and where (`silero on decode CPU`), their share of the decode CPU.
-        cpus_per_gpu_needed_at: busy decode cores per GPU at rtfx SIZING_RTFX (decode CPU-s per
-          audio-s x rtfx): size a node's cores per GPU from one run.
+          backend calls) and write; vad is the part of decode spent finding speech, asr_actor_vad the
+          part of asr_actor_overhead (segment.vad_on actor).
+        vad: the detectors that ran and where (`silero on decode CPU`, `silero on ASR actor cuda`), their
+          share of the decode CPU, and the ASR actors' wall seconds finding speech.
+        cpus_per_gpu_needed_at: busy cores per GPU at rtfx SIZING_RTFX (CPU-s per audio-s x rtfx), for
+          decode and for the ASR actor outside model calls: size a node's cores per GPU from one run.
+        carried_to_asr: the pcm16 that went from decode to the ASR actors through the object store
+          (kept audio; the whole audio with segment.vad_on actor), per audio-hour and in MB/s per GPU
+          at SIZING_RTFX.
         speech_seconds_kept: audio the model heard (speech and pads) out of audio_seconds;
         model_seconds_saved_est: model_busy_seconds scaled by the audio left out (the model's time
           is taken as proportional to audio length)."""
@@ -209,6 +217,7 @@ class Summary:
         calls_last = [a["call_last"] for a in self.actors.values() if a.get("call_last")]
         hours = self.audio_s / 3600
         per_hour = (lambda v: v / hours) if hours > 0 else (lambda v: None)
+        at_rtfx = (lambda v: SIZING_RTFX * v / self.audio_s) if self.audio_s > 0 else (lambda v: None)
         out = {
             "pipeline_wall_seconds": end - self.read_first,
             "model_busy_seconds": busy,
@@ -227,16 +236,20 @@ class Summary:
                 "decode": per_hour(self.cpu["decode_cpu_s"]),
                 "vad": per_hour(self.cpu["vad_cpu_s"]),
                 "asr_actor_overhead": per_hour(self.cpu["asr_cpu_s"]),
+                "asr_actor_vad": per_hour(self.cpu["asr_vad_cpu_s"]),
                 "write": per_hour(self.cpu["write_cpu_s"]),
             },
-            # where voice activity ran and its share of the decode CPU
+            # where voice activity ran, its share of the decode CPU, the ASR actors' time on it
             "vad": {"ran": sorted(self.vad),
                     "share_of_decode_cpu": (self.cpu["vad_cpu_s"] / self.cpu["decode_cpu_s"]
-                                            if self.cpu["decode_cpu_s"] > 0 else None)},
-            # busy cores per GPU this job's decode needs to feed a GPU at `rtfx` audio-seconds per second
-            "cpus_per_gpu_needed_at": {"rtfx": SIZING_RTFX,
-                                       "decode": (SIZING_RTFX * self.cpu["decode_cpu_s"] / self.audio_s
-                                                  if self.audio_s > 0 else None)},
+                                            if self.cpu["decode_cpu_s"] > 0 else None),
+                    "asr_actor_seconds": self.cpu["asr_vad_s"]},
+            # busy cores per GPU this job needs to feed a GPU at `rtfx` audio-seconds per second
+            "cpus_per_gpu_needed_at": {"rtfx": SIZING_RTFX, "decode": at_rtfx(self.cpu["decode_cpu_s"]),
+                                       "asr_actor": at_rtfx(self.cpu["asr_cpu_s"])},
+            "carried_to_asr": {
+                "mb_per_audio_hour": per_hour(self.cpu["carried_bytes"] / 1e6),
+                "mb_per_s_at_rtfx": at_rtfx(self.cpu["carried_bytes"] / 1e6)},
         }
         if job_started is not None and calls_first:
             out["first_model_call_after_job_start_s"] = min(calls_first) - job_started
@@ -290,7 +303,8 @@ def format_summary(s: dict) -> str:
             "segments", "wall_seconds", "rtfx", "pipeline_wall_seconds", "model_busy_seconds",
             "model_busy_fraction", "first_model_call_after_first_read_s",
             "last_file_written_after_last_model_call_s", "speech_fraction", "model_seconds_saved_est",
-            "cpu_seconds_per_audio_hour", "vad", "cpus_per_gpu_needed_at", "retries", "asr_oom_errors",
+            "cpu_seconds_per_audio_hour", "vad", "cpus_per_gpu_needed_at", "carried_to_asr", "retries",
+            "asr_oom_errors",
             "asr_oom_splits",
             "asr_frame_cap_s", "redecoded_segments", "redecode_audio_seconds", "low_coverage_rows", "wer",
             "wer_files",

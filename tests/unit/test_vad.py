@@ -256,9 +256,116 @@ def test_summary_reports_speech_kept_and_model_time_saved():
     assert s["model_seconds_saved_est"] == pytest.approx(10.0)
     assert s["cpu_seconds_per_audio_hour"]["vad"] == pytest.approx(0.4 / (200 / 3600))
     # where it ran, its share of decode, and the decode cores a GPU at 4000x needs: 1 CPU-s for 200 s
-    assert s["vad"] == {"ran": ["silero on decode CPU"], "share_of_decode_cpu": pytest.approx(0.4)}
-    assert s["cpus_per_gpu_needed_at"] == {"rtfx": 4000.0, "decode": pytest.approx(4000 * 1.0 / 200)}
+    assert s["vad"] == {"ran": ["silero on decode CPU"], "share_of_decode_cpu": pytest.approx(0.4),
+                        "asr_actor_seconds": 0.0}
+    assert s["cpus_per_gpu_needed_at"] == {"rtfx": 4000.0, "decode": pytest.approx(4000 * 1.0 / 200),
+                                           "asr_actor": 0.0}
     assert "cpus_per_gpu_needed_at" in format_summary(s)
+
+
+def test_summary_reports_voice_activity_on_the_actor_and_the_audio_carried():
+    import pyarrow as pa
+
+    from operators.output.report import Summary, block_stats, format_summary
+
+    rows = pa.Table.from_pylist([{"status": "ok", "error": None, "duration_s": 1800.0, "segments": [],
+                                  "text": "", "reference": None, "language": "en"}] * 2)
+    row = {"perf_read_at": 1.0, "perf_decode_cpu_s": 0.25, "perf_vad_cpu_s": 0.0, "perf_speech_s": 900.0,
+           "perf_vad": "silero on ASR actor cuda", "perf_carried_bytes": 1800 * 32000,
+           "perf_asr_busy_s": 0.4, "perf_asr_cpu_s": 0.1, "perf_asr_vad_cpu_s": 0.04, "perf_asr_vad_s": 0.02,
+           "perf_actor": "a", "perf_actor_started": 0.5, "perf_actor_ready": 0.9, "perf_call_first": 1.5,
+           "perf_call_last": 2.0}
+    summary = Summary()
+    summary.add(block_stats(rows, "x.parquet", pa.Table.from_pylist([row, row])))
+    s = summary.as_dict(10.0)   # one audio-hour
+    cpu = s["cpu_seconds_per_audio_hour"]
+    assert cpu["decode"] == pytest.approx(0.5) and cpu["vad"] == 0.0
+    assert cpu["asr_actor_overhead"] == pytest.approx(0.2) and cpu["asr_actor_vad"] == pytest.approx(0.08)
+    assert s["vad"] == {"ran": ["silero on ASR actor cuda"], "share_of_decode_cpu": 0.0,
+                        "asr_actor_seconds": pytest.approx(0.04)}
+    assert s["cpus_per_gpu_needed_at"]["decode"] == pytest.approx(4000 * 0.5 / 3600)
+    assert s["cpus_per_gpu_needed_at"]["asr_actor"] == pytest.approx(4000 * 0.2 / 3600)
+    # the whole audio as pcm16: 115.2 MB per audio-hour, 128 MB/s into a GPU at 4000x
+    assert s["carried_to_asr"] == {"mb_per_audio_hour": pytest.approx(115.2),
+                                   "mb_per_s_at_rtfx": pytest.approx(128.0)}
+    assert "carried_to_asr" in format_summary(s)
+
+
+def test_where_voice_activity_runs_is_resolved_on_the_driver():
+    from operators.config import ConfigError, load_config
+    from operators.audio.vad import resolve_where
+    from pipelines.transcribe import segment_config
+
+    # auto: the ASR actors where they take GPUs and the detector is a model
+    assert resolve_where("auto", "silero", 1, "auto") == "actor"
+    assert resolve_where("auto", "silero_full", 0.5, "cuda") == "actor"
+    # decode on CPU-only nodes (decode.avoid_gpu_nodes): a core there is cheap, the silence would cross
+    # the network
+    assert resolve_where("auto", "silero", 1, "auto", decode_apart=True) == "decode"
+    assert resolve_where("actor", "silero", 1, "auto", decode_apart=True) == "actor"
+    assert resolve_where("auto", "silero", 0, "auto") == "decode"      # CPU actors
+    assert resolve_where("auto", "silero", 1, "cpu") == "decode"       # a GPU reserved, the model on CPU
+    assert resolve_where("auto", "energy", 1, "auto") == "decode"      # nothing for a GPU to do
+    assert resolve_where("auto", "none", 1, "auto") == "decode"
+    assert resolve_where("actor", "energy", 0, "cpu") == "actor"       # as the user says
+    assert resolve_where("decode", "silero", 1, "cuda") == "decode"
+    assert resolve_where("actor", "none", 1, "cuda") == "decode"       # no detector: nothing to move
+    seg = segment_config(load_config(overrides=["segment.vad=energy", "asr.num_gpus=1"]))
+    assert (seg.vad, seg.vad_on) == ("energy", "decode")
+    seg = segment_config(load_config(overrides=["segment.vad=energy", "segment.vad_on=actor"]))
+    assert (seg.vad, seg.vad_on) == ("energy", "actor")
+    with pytest.raises(ConfigError, match=r"segment\.vad_on"):
+        load_config(overrides=["segment.vad_on=gpu"])
+
+
+def _whole_and_planned(cfg_decode, cfg_actor, table, detector):
+    """The same table decoded for each place: planned at decode, and whole for the actor."""
+    return (decode_batch(table, cfg_decode, detector),
+            decode_batch(table, cfg_actor, None))
+
+
+@needs_silero
+def test_speech_found_on_the_asr_actor_gives_what_decode_gives(recording, silero):
+    """segment.vad_on actor: decode carries the whole audio unplanned and runs no detector; the ASR
+    actor finds speech and plans it; transcripts, segments, kept ranges and speech kept are those of
+    decode's voice activity (the same gated detector, the same block), with a real model (whisper)."""
+    from operators.asr.stage import ASRStage
+
+    audio, _, _ = recording
+    clip = audio[30 * SR: 75 * SR]      # speech, a long silence, speech
+    files = []
+    for name, x in (("rec", clip), ("quiet", np.zeros(3 * SR, np.float32)), ("short", audio[:4 * SR])):
+        buf = io.BytesIO()
+        sf.write(buf, x, SR, format="FLAC")
+        files.append((name, buf.getvalue()))
+    files.append(("bad", b"not audio"))
+    table = source_table([n for n, _ in files], [f"mem://{n}.flac" for n, _ in files],
+                         blobs=[b for _, b in files])
+    seg = CFG.model_copy(update={"vad": "silero"})
+    cfg_decode = JobConfig(segment=seg.model_copy(update={"vad_on": "decode"}))
+    cfg_actor = JobConfig(segment=seg.model_copy(update={"vad_on": "actor"}))
+    planned, whole = _whole_and_planned(cfg_decode, cfg_actor, table, silero)
+    p, w = planned.to_pylist(), whole.to_pylist()
+    # decode in actor mode: the whole audio, no plan, no detector CPU
+    assert len(from_pcm16(w[0]["pcm16"])) == len(clip) and w[0]["seg_start"] == w[0]["speech_start"] == []
+    assert {r["perf_vad"] for r in w} == {"on the ASR actor"} and all(r["perf_vad_cpu_s"] == 0 for r in w)
+    assert w[0]["perf_carried_bytes"] == 2 * len(clip) > p[0]["perf_carried_bytes"] > 0
+    assert w[3]["status"] == p[3]["status"] == "error"
+
+    on_decode = ASRStage(cfg_decode)
+    on_actor = ASRStage(cfg_actor, backend=on_decode.backend)
+    assert on_decode.detector is None and on_actor.vad_where == "silero on ASR actor cpu"
+    a, b = on_decode(planned).to_pylist(), on_actor(whole).to_pylist()
+    assert [r["status"] for r in b] == ["ok", "ok", "ok", "error"]
+    assert b[3]["error"] == a[3]["error"]
+    for x, y in zip(a, b):
+        assert y["text"] == x["text"] and y["segments"] == x["segments"]
+        assert y["perf_speech_s"] == pytest.approx(x["perf_speech_s"])
+    assert b[1]["segments"] == [] and b[1]["text"] == ""     # silence: nothing heard
+    assert a[0]["segments"] and len(a[0]["text"].split()) > 20
+    assert a[0]["perf_speech_s"] < 0.8 * len(clip) / SR       # the silence was left out on both paths
+    assert b[0]["perf_vad"] == "silero on ASR actor cpu" and b[0]["perf_asr_vad_cpu_s"] > 0
+    assert b[0]["perf_asr_vad_s"] > 0 and a[0]["perf_asr_vad_s"] == 0
 
 
 def test_times_inside_a_segment_map_across_the_silence_left_out():
@@ -336,3 +443,89 @@ def test_gated_silero_runs_the_model_on_a_fifth_of_plain_speech(silero, silero_f
     assert same >= len(files) - 1
     assert speech_regions(mine[-2], 20 * SR, CFG) == []
     assert [len(p) for p in silero.probs([np.zeros(0, np.float32), np.zeros(100, np.float32)])] == [0, 1]
+
+
+@needs_silero
+def test_the_actors_threads_share_one_detector(recording):
+    """An ASR actor runs asr.concurrent_batches calls at once, all on its one detector (whose model keeps
+    recurrent state on itself): batches run together give what they give one at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from operators.asr.simulated import SimulatedBackend
+    from operators.asr.stage import ASRStage
+    from operators.config import ModelConfig
+
+    audio, _, _ = recording
+    tables = []
+    for k in range(6):
+        names, blobs = [], []
+        for j in range(1 + k % 3):   # batches of 1-3 files: the model's batch size differs per call
+            buf = io.BytesIO()
+            sf.write(buf, audio[(20 * k + 7 * j) * SR: (20 * k + 7 * j + 25 + 5 * j) * SR], SR, format="FLAC")
+            names.append(f"f{k}-{j}")
+            blobs.append(buf.getvalue())
+        tables.append(source_table(names, [f"mem://{n}.flac" for n in names], blobs=blobs))
+    cfg = JobConfig(segment=CFG.model_copy(update={"vad": "silero", "vad_on": "actor"}))
+    whole = [decode_batch(t, cfg, None) for t in tables]
+    st = ASRStage(cfg, backend=SimulatedBackend(ModelConfig(options={"rtfx": 1e9, "per_call_s": 0})))
+    alone = [st(t).to_pylist() for t in whole]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        for _ in range(3):
+            together = list(pool.map(lambda t: st(t).to_pylist(), whole))
+            for a, b in zip(alone, together):
+                assert [(r["status"], r["segments"]) for r in b] == [(r["status"], r["segments"]) for r in a]
+
+
+class _BrokenOnDevice:
+    """A detector whose device failed (as a CUDA fault would): every call raises."""
+
+    name = "silero"
+
+    def probs(self, audios):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+@needs_silero
+def test_a_detector_that_fails_on_the_gpu_runs_on_the_actors_cpu(recording, silero, monkeypatch, caplog):
+    """On the ASR actor, a detector that cannot load on cuda, or whose call fails there, runs on the
+    actor's CPU instead: every row still gets the speech decode would have found."""
+    import operators.asr.stage as stage_mod
+    from operators.asr.simulated import SimulatedBackend
+    from operators.asr.stage import ASRStage
+    from operators.config import ModelConfig
+
+    audio, _, _ = recording
+    buf = io.BytesIO()
+    sf.write(buf, audio[30 * SR: 70 * SR], SR, format="FLAC")
+    table = source_table(["rec"], ["mem://rec.flac"], blobs=[buf.getvalue()])
+    seg = CFG.model_copy(update={"vad": "silero"})
+    cfg_actor = JobConfig(segment=seg.model_copy(update={"vad_on": "actor"}))
+    planned = decode_batch(table, JobConfig(segment=seg), silero)
+    whole = decode_batch(table, cfg_actor, None)
+    backend = SimulatedBackend(ModelConfig(options={"rtfx": 1e9, "per_call_s": 0}))
+    expected = ASRStage(JobConfig(segment=seg), backend=backend)(planned).to_pylist()[0]
+
+    real = stage_mod.make_detector
+    tried = []
+
+    def cuda_refuses(method, segment, device="cpu", threads=1):
+        tried.append(device)
+        if device == "cuda":
+            raise RuntimeError("Found no NVIDIA driver on your system")
+        return real(method, segment, device=device, threads=threads)
+
+    monkeypatch.setattr(stage_mod, "detector_device", lambda _: "cuda")
+    monkeypatch.setattr(stage_mod, "make_detector", cuda_refuses)
+    st = ASRStage(cfg_actor, backend=backend)
+    assert tried == ["cuda", "cpu"] and st.vad_where == "silero on ASR actor cpu"
+
+    # loaded on cuda, then a call fails there: that batch and the rest run on the CPU
+    st.detector, st.vad_where = _BrokenOnDevice(), "silero on ASR actor cuda"
+    out = st(whole).to_pylist()[0]
+    assert out["status"] == "ok" and out["perf_vad"] == "silero on ASR actor cpu"
+    assert out["segments"] == expected["segments"] and out["perf_speech_s"] == expected["perf_speech_s"]
+    assert "runs on this actor's CPU from now on" in caplog.text
+    # on the CPU a failing detector is not hidden: the batch fails (Ray Data retries it)
+    st.detector, st.vad_where = _BrokenOnDevice(), "silero on ASR actor cpu"
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        st(whole)
