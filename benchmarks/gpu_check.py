@@ -4,7 +4,7 @@ On such a machine (torch, transformers, safetensors, tokenizers, numpy, pyarrow 
 no Ray, no soundfile/soxr), with the wheels that `make gpu-deps` (benchmarks/gpu_deps.sh) put in
 .gpu_deps beforehand, from the repository root:
 
-    python -m pip install --no-index --find-links .gpu_deps --target /tmp/gd pydantic pyyaml rapidfuzz 2>/dev/null; PYTHONPATH=/tmp/gd:. python benchmarks/gpu_check.py --out $OUT
+    python -m pip install --no-index --find-links .gpu_deps --target /tmp/gd pydantic pyyaml rapidfuzz 2>/dev/null; python -m pip install --no-index --no-deps --find-links .gpu_deps --target /tmp/gd silero-vad 2>/dev/null; PYTHONPATH=/tmp/gd:. python benchmarks/gpu_check.py --out $OUT
 
 Where the project's own dependencies are installed: `python benchmarks/gpu_check.py --out DIR`.
 On a CPU, `--dry-run` runs every phase with the tiny random model and small batches (make test does).
@@ -12,7 +12,7 @@ On a CPU, `--dry-run` runs every phase with the tiny random model and small batc
 Each phase runs in its own subprocess of this script (`--phase NAME`) under its own time cap, so a
 hang, an out-of-memory error or a sticky CUDA error in one cannot take the others down; after every
 phase DIR/gpu_check.json is rewritten with what is known so far (a phase's partial figures included),
-and a short table is printed at the end. Caps sum to 380 s (under 7 minutes on an H100/H200):
+and a short table is printed at the end. Caps sum to 410 s (about 7 minutes on an H100/H200):
 
     preflight   versions, GPU, memory, TF32 flags, attention kernels, resolve_backend("auto")
     model       the full-size 2.25B NAR, random weights, bf16, batch 128, on production-like (20-32 s)
@@ -28,11 +28,15 @@ and a short table is printed at the end. Caps sum to 380 s (under 7 minutes on a
     tests       python -m pytest -m gpu (the test files that carry the gpu mark)
     stage       operators.asr.stage.ASRStage driven from asr.concurrent_batches threads (no Ray) on a
                 few hundred decoded rows: busy fraction and end-to-end RTFx
+    vad         silero (gated) and silero_full on one CPU thread and on CUDA over an hour of speech
+                with pauses (segment.vad_on actor): seconds and host CPU per audio-hour, the share of a
+                GPU at 4000x, regions against the CPU's (needs the silero-vad wheel: make gpu-deps)
 
 Figures to compare with (batch 128): IBM's model card ~1820 RTFx on one H100; the fastest public
 port ~3935 on an H100 and ~3951 on an H200 (torch.compile over length buckets).
 
-Needs no Ray and no network; imports no soundfile, soxr, av, ray, fsspec, s3fs or silero; works
+Needs no Ray and no network; imports no soundfile, soxr, av, ray, fsspec, s3fs or silero_vad (the vad
+phase finds the silero-vad package and loads its TorchScript file, nothing more); works
 without rapidfuzz (a small Python edit distance instead). Random weights: the text is garbage, the
 cost is real; agreement rates are reported, never asserted.
 """
@@ -61,11 +65,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-# (phase, cap in seconds on a GPU); they sum to 380 s
+# (phase, cap in seconds on a GPU); they sum to 410 s
 PHASES = (("preflight", 20), ("model", 95), ("backend", 45), ("long", 60), ("invariance", 45),
-          ("precision", 35), ("tests", 40), ("stage", 40))
+          ("precision", 35), ("tests", 40), ("stage", 40), ("vad", 30))
 DRY_CAP_S = 60          # per phase in --dry-run (the whole dry run takes well under a minute and a half)
-BUDGET_S = 410          # the parent never starts a phase past this (caps shrink to what is left)
+BUDGET_S = 440          # the parent never starts a phase past this (caps shrink to what is left)
 REFERENCE_RTFX = {
     "ibm_model_card_h100_batch128": 1820,
     "fastest_public_port_h100": 3935,
@@ -234,6 +238,10 @@ def summarise(doc: dict) -> dict:
     st = ph.get("stage", {}).get("result", {})
     s["stage_rtfx_e2e"] = st.get("rtfx_e2e")
     s["stage_busy_fraction"] = st.get("busy_fraction")
+    for name, fig in (ph.get("vad", {}).get("result", {}).get("runs") or {}).items():
+        if isinstance(fig, dict) and "wall_s_per_audio_hour" in fig:
+            s[f"vad_{name}_s_per_audio_hour"] = fig["wall_s_per_audio_hour"]
+            s[f"vad_{name}_host_cpu_s_per_audio_hour"] = fig["host_cpu_s_per_audio_hour"]
     return s
 
 
@@ -282,6 +290,11 @@ def _headline(name: str, p: dict) -> str:
                              (r.get("bf16_vs_fp32") or {}).items() if isinstance(f, dict) and "edits" in f)
         if name == "tests":
             return str(r.get("summary"))
+        if name == "vad":
+            if r.get("skipped"):
+                return _one_line(r["skipped"], 90)
+            return ", ".join(f"{k} {f['wall_s_per_audio_hour']} s/h (cpu {f['host_cpu_s_per_audio_hour']})"
+                             for k, f in (r.get("runs") or {}).items() if "wall_s_per_audio_hour" in f)
         if name == "stage":
             return (f"{r.get('rows_ok')}/{r.get('rows')} rows ok, RTFx {r.get('rtfx_e2e')}, busy "
                     f"{r.get('busy_fraction')}, {r.get('threads')} threads")
@@ -1205,6 +1218,98 @@ def phase_stage(ctx: Ctx) -> None:
              rtfx_busy=round(secs / busy, 1) if busy else None, first_errors=[x["error"] for x in bad[:3]],
              splits=sum(perf_sum(o, "perf_asr_splits") or 0.0 for o in outs), peak_gib=peak_gib(dev))
     del torch
+
+
+VAD_SPEECH = ROOT / ".gpu_deps" / "vad_speech.npy"   # made by `make gpu-deps`: real speech, int16
+
+
+def vad_audio(ctx: Ctx, hours: float):
+    """(files, source): recordings of speech with pauses, long silences and music for the detector: the
+    espeak-ng recording `make gpu-deps` saved (VAD_SPEECH) where it travelled, else babble() with
+    pauses; as many copies, each shifted, as make `hours` of audio."""
+    import numpy as np
+
+    rng = np.random.default_rng(ctx.seed + 21)
+    if VAD_SPEECH.is_file():
+        base, source = np.load(VAD_SPEECH).astype(np.float32) / 32767.0, str(VAD_SPEECH.relative_to(ROOT))
+    else:
+        from operators.asr.granite_nar.tiny import babble
+
+        parts = []
+        for _ in range(24):   # 2-8 s of babble, then 0.3-2.5 s of pause or (every 6th) 6-15 s of silence
+            parts.append(babble(float(rng.uniform(2.0, 8.0)), seed=int(rng.integers(1 << 30))))
+            quiet = rng.uniform(6.0, 15.0) if len(parts) % 12 == 11 else rng.uniform(0.3, 2.5)
+            parts.append(np.zeros(int(quiet * SR), np.float32))
+        base, source = np.concatenate(parts), "babble() with pauses (no vad_speech.npy: run make gpu-deps)"
+    base = base + np.float32(10 ** (-65 / 20)) * rng.standard_normal(len(base)).astype(np.float32)
+    n = max(1, int(round(hours * 3600 * SR / len(base))))
+    return [np.roll(base, int(rng.integers(len(base)))) for _ in range(n)], source
+
+
+def phase_vad(ctx: Ctx) -> None:
+    """segment.vad_on actor: silero (gated, the default) and silero_full on this machine's CPU (one
+    thread, as a decode worker runs it) and on CUDA (as a GPU ASR actor runs it) over the same audio:
+    wall and host-CPU seconds per audio-hour, windows the model ran, the share of a GPU at 4000x that
+    it would take, and whether the regions match the CPU's (count, edges within pad_s)."""
+    torch = _torch()
+    if sys.modules.get("silero_vad", 0) is None:   # refused for the other phases; this one needs it
+        del sys.modules["silero_vad"]
+    import numpy as np
+
+    from operators.audio import vad
+    from operators.config import SegmentConfig
+
+    r = ctx.result
+    if not vad.silero_available():
+        r["skipped"] = ("silero-vad is not installed here: carry its wheel (make gpu-deps) and install it "
+                        "with --no-deps (README: On a GPU)")
+        return
+    files, r["audio"] = vad_audio(ctx, 0.02 if ctx.dry else 1.0)
+    secs = sum(len(a) for a in files) / SR
+    r["audio_s"] = round(secs, 1)
+    seg = SegmentConfig().for_backend(30.0, 30.0)
+    pad = seg.pad_s * SR
+    regions_of: dict = {}
+    runs = [("cpu", True, vad.PIECES_PER_CALL), ("cpu", False, vad.PIECES_PER_CALL)]
+    if torch.cuda.is_available():
+        runs += [("cuda", True, vad.PIECES_PER_CALL), ("cuda", False, vad.PIECES_PER_CALL),
+                 ("cuda", False, 4 * vad.PIECES_PER_CALL)]
+    r["runs"] = {}
+    shipped = vad.PIECES_PER_CALL
+    for dev, gate, per_call in runs:
+        name = f"{dev}_{'silero' if gate else 'silero_full'}" + ("" if per_call == shipped else f"_{per_call}")
+        if ctx.left() < 8:
+            r["runs"][name] = {"skipped": "time"}
+            continue
+        try:
+            vad.PIECES_PER_CALL = per_call
+            det = vad.SileroVAD(threads=1 if dev == "cpu" else 0, gate=gate, device=dev)
+            det.probs([files[0][: 20 * SR]] * 2)      # warm-up: TorchScript profiles its first calls
+            det.probs([files[0][: 20 * SR]] * 2)
+            det.windows_run = det.windows_seen = 0
+            t, c = time.perf_counter(), time.thread_time()
+            probs = det.probs(files)
+            wall, cpu = time.perf_counter() - t, time.thread_time() - c
+            regions = [vad.speech_regions(p, len(a), seg) for p, a in zip(probs, files)]
+            fig = {"wall_s_per_audio_hour": round(wall / secs * 3600, 4),
+                   "host_cpu_s_per_audio_hour": round(cpu / secs * 3600, 4),
+                   "model_on_windows": round(det.windows_run / max(1, det.windows_seen), 4),
+                   "share_of_a_gpu_at_4000x": round(wall / secs * 4000, 4) if dev == "cuda" else None,
+                   "kept_fraction": round(sum(e - s for rg in regions for s, e in rg) / (secs * SR), 4)}
+            ref = regions_of.get(("cpu", gate))
+            if ref is not None:
+                fig["files_differing_from_cpu"] = sum(
+                    len(x) != len(y) or any(abs(a - c) > pad or abs(b - d) > pad for (a, b), (c, d) in zip(x, y))
+                    for x, y in zip(regions, ref))
+            else:
+                regions_of[(dev, gate)] = regions
+            r["runs"][name] = fig
+        except Exception as ex:  # noqa: BLE001
+            r["runs"][name] = {"error": ctx.problem(f"vad {name}", ex)}
+        finally:
+            vad.PIECES_PER_CALL = shipped
+        ctx.save()
+    del np
 
 
 # ==================================================================================================

@@ -11,7 +11,7 @@
 # working tree, which is capped at 64 MiB in all (it is git-ignored: name it among the paths carried to
 # the device). On the device (see benchmarks/gpu_check.py):
 #
-#     python -m pip install --no-index --find-links .gpu_deps --target /tmp/gd pydantic pyyaml rapidfuzz 2>/dev/null; PYTHONPATH=/tmp/gd:. python benchmarks/gpu_check.py --out $OUT
+#     python -m pip install --no-index --find-links .gpu_deps --target /tmp/gd pydantic pyyaml rapidfuzz 2>/dev/null; python -m pip install --no-index --no-deps --find-links .gpu_deps --target /tmp/gd silero-vad 2>/dev/null; PYTHONPATH=/tmp/gd:. python benchmarks/gpu_check.py --out $OUT
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -72,6 +72,34 @@ for V in "${VERSIONS[@]}"; do
         fi
     done
 done
+
+# the vad phase: the silero-vad wheel (pure Python, ~11 MB; installed on the device with --no-deps, as
+# it names torch, which is there) and an espeak-ng recording to run it on (speech, pauses, long
+# silences, music; int16 at 16 kHz, ~3.8 MB), made here where soundfile decodes the corpus
+SV="$("$PY" -c 'from importlib import metadata; print(metadata.version("silero-vad"))' 2>/dev/null || true)"
+if "$PY" -m pip download --quiet --disable-pip-version-check --no-deps -d "$DIR" "silero-vad${SV:+==$SV}" \
+        >/dev/null 2>&1; then
+    echo "gpu-deps: silero-vad${SV:+==$SV}"
+else
+    echo "gpu-deps: no silero-vad wheel" >&2
+    MISSING+=("silero-vad")
+fi
+if "$PY" - "$DIR/vad_speech.npy" <<'EOF'
+import sys
+
+import numpy as np
+
+from operators.audio.decode import decode_audio
+from pipelines import demo_corpus
+
+data, _, _, _ = demo_corpus.build_recording(120.0, seed=3, music_s=15.0)
+np.save(sys.argv[1], np.round(decode_audio(data) * 32767).astype(np.int16))
+EOF
+then
+    echo "gpu-deps: $DIR/vad_speech.npy (the vad phase's recording)"
+else
+    echo "gpu-deps: could not make $DIR/vad_speech.npy (the vad phase falls back to babble)" >&2
+fi
 
 echo "gpu-deps: wheels in $DIR:"
 ls -1 "$DIR"

@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 BLOCKED = ("ray", "soundfile", "soxr", "silero_vad", "av", "fsspec", "s3fs", "rapidfuzz")
-PHASES = ("preflight", "model", "backend", "long", "invariance", "precision", "tests", "stage")
+PHASES = ("preflight", "model", "backend", "long", "invariance", "precision", "tests", "stage", "vad")
 
 sys.path.insert(0, str(ROOT))
 
@@ -99,6 +99,15 @@ def test_backend_long_and_stage_figures(dry_run):
     assert stage["rows"] == stage["rows_ok"] == stage["files"]
     assert stage["threads"] >= 2
     assert 0 < stage["busy_fraction"] <= 1.05 and stage["rtfx_e2e"] > 0
+    # the vad phase finds the silero-vad package even where its import is refused (the device carries
+    # the wheel); on a CPU it runs both detectors on one thread, no CUDA rows
+    vad = doc["phases"]["vad"]["result"]
+    assert "skipped" not in vad, vad
+    assert set(vad["runs"]) == {"cpu_silero", "cpu_silero_full"}, vad["runs"]
+    for fig in vad["runs"].values():
+        assert fig["wall_s_per_audio_hour"] > 0 and fig["host_cpu_s_per_audio_hour"] > 0
+        assert 0 < fig["model_on_windows"] and 0 <= fig["kept_fraction"] <= 1
+    assert vad["runs"]["cpu_silero_full"]["model_on_windows"] >= 1.0   # every window, and the warm-up
 
 
 @pytest.mark.slow  # about a minute on the 2-core box (make test runs it)
