@@ -61,6 +61,9 @@ from operators.asr.words import KeptTime, attach as attach_words
 log = logging.getLogger(__name__)
 
 NO_SPACE_LANGUAGES = {"ja", "zh", "th", "lo", "my", "km"}
+# segment.vad_on actor: files go to the detector in groups of at most ~30 min of audio (a batch of 256
+# hour-long files would otherwise hold the detector's padded copies of all of them at once)
+VAD_GROUP_SAMPLES = 30 * 60 * SAMPLE_RATE
 STICKY_EXIT_CODE = 70  # EX_SOFTWARE: the actor ended itself after a sticky device error
 STICKY_RETRIES = 2     # actors one batch may end on a node before the job ends instead
 
@@ -314,10 +317,11 @@ class ASRStage:
                 specs[i] = self._task(r, r["language"] or self.default_language)
             except TaskError as e:
                 task_errors[i] = e
-        audio_of = {i: _from_pcm16(r["pcm16"]) for i, r in enumerate(rows)
-                    if r["status"] == OK and i not in task_errors}
-        if self.detector is not None:
-            self._find_speech(rows, audio_of)
+        ok = [i for i, r in enumerate(rows) if r["status"] == OK and i not in task_errors]
+        if self.detector is not None:   # segment.vad_on actor
+            audio_of = self._find_speech(rows, ok)
+        else:
+            audio_of = {i: _from_pcm16(rows[i]["pcm16"]) for i in ok}
         clips: list[tuple[int, int, np.ndarray]] = []
         for i, audio in audio_of.items():
             r = rows[i]
@@ -388,13 +392,31 @@ class ASRStage:
             out.append(rec)
         return out
 
-    def _find_speech(self, rows: list[dict], audio_of: dict[int, np.ndarray]) -> None:
-        """segment.vad_on actor: voice activity over the batch's whole files at once (on this actor's
-        GPU where it has one), then each file's plan, as decode would have made it (segment.plan_block).
-        Fills the rows' speech and segment fields and leaves the kept audio in `audio_of`; a planning
-        failure is that row's `segment:` error."""
+    def _find_speech(self, rows: list[dict], ok: list[int]) -> dict[int, np.ndarray]:
+        """segment.vad_on actor: voice activity over the batch's whole files (`ok`), a group of up to
+        VAD_GROUP_SAMPLES at a time (on this actor's GPU where it has one), then each file's plan, as
+        decode would have made it (segment.plan_block). Fills the rows' speech and segment fields;
+        returns the kept audio by row (only the group in hand is held whole); a planning failure is that
+        row's `segment:` error."""
+        acc = self._acc()
+        kept: dict[int, np.ndarray] = {}
+        group, size = [], 0
+        for k, i in enumerate(ok):
+            group.append(i)
+            size += len(rows[i]["pcm16"] or b"") // 2
+            if size >= VAD_GROUP_SAMPLES or k == len(ok) - 1:
+                self._plan_group(rows, group, kept, acc)
+                group, size = [], 0
+        for r in rows:
+            r["perf_vad"] = self.vad_where
+        return kept
+
+    def _plan_group(self, rows: list[dict], group: list[int], kept: dict, acc: dict) -> None:
+        """`_find_speech` for one group of rows: the detector (on cuda; where it fails there, once more
+        and from then on on this actor's CPU), the plans, the kept audio into `kept`."""
+        audios = [_from_pcm16(rows[i]["pcm16"]) for i in group]
         try:
-            plans, vad_cpu, vad_s = plan_block(list(audio_of.values()), self.cfg.segment, self.detector)
+            plans, vad_cpu, vad_s = plan_block(audios, self.cfg.segment, self.detector)
         except Exception as e:  # noqa: BLE001 - a device fault in the detector: once more on the CPU
             if not self.vad_where.endswith(" cuda"):
                 raise
@@ -402,20 +424,17 @@ class ASRStage:
             log.warning("voice activity failed on cuda (%s); it runs on this actor's CPU from now on",
                         describe(e, 300))
             self._load_detector("cpu")
-            plans, vad_cpu, vad_s = plan_block(list(audio_of.values()), self.cfg.segment, self.detector)
-        acc = self._acc()
+            plans, vad_cpu, vad_s = plan_block(audios, self.cfg.segment, self.detector)
+        del audios
         acc["vad_cpu"] += vad_cpu
         acc["vad_s"] += vad_s
-        for r in rows:
-            r["perf_vad"] = self.vad_where
-        for i, plan in zip(list(audio_of), plans):
+        for i, plan in zip(group, plans):
             r = rows[i]
             if isinstance(plan, Exception):
                 r.update(status=ERROR, error=error_text("segment", f"{type(plan).__name__}: {plan}"))
-                del audio_of[i]
                 continue
-            (r["speech_start"], r["speech_end"], r["seg_start"], r["seg_end"]), audio_of[i] = plan
-            r["perf_speech_s"] = len(audio_of[i]) / SAMPLE_RATE
+            (r["speech_start"], r["speech_end"], r["seg_start"], r["seg_end"]), kept[i] = plan
+            r["perf_speech_s"] = len(kept[i]) / SAMPLE_RATE
 
     def _coverage(self, rows: list[dict], clips: list, per_row: dict[int, list], specs: dict) -> dict:
         """Dropped speech (operators.asr.coverage): each ok row's segments against the speech voice activity

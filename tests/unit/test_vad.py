@@ -476,6 +476,38 @@ def test_the_actors_threads_share_one_detector(recording):
                 assert [(r["status"], r["segments"]) for r in b] == [(r["status"], r["segments"]) for r in a]
 
 
+@needs_silero
+def test_the_actor_runs_the_detector_on_groups_of_bounded_size(recording, monkeypatch):
+    """A batch of many long files goes to the detector a group at a time (stage.VAD_GROUP_SAMPLES of
+    audio, or one file where a file is longer): the same plans as all at once, never all files held whole."""
+    import operators.asr.stage as stage_mod
+    from operators.asr.simulated import SimulatedBackend
+    from operators.asr.stage import ASRStage
+    from operators.config import ModelConfig
+
+    audio, _, _ = recording
+    names, blobs, lengths = [], [], [40, 15, 25, 60, 5, 30]
+    for k, n in enumerate(lengths):
+        buf = io.BytesIO()
+        sf.write(buf, audio[10 * k * SR: (10 * k + n) * SR], SR, format="FLAC")
+        names.append(f"f{k}")
+        blobs.append(buf.getvalue())
+    table = source_table(names, [f"mem://{n}.flac" for n in names], blobs=blobs)
+    cfg = JobConfig(segment=CFG.model_copy(update={"vad": "silero", "vad_on": "actor"}))
+    whole = decode_batch(table, cfg, None)
+    st = ASRStage(cfg, backend=SimulatedBackend(ModelConfig(options={"rtfx": 1e9, "per_call_s": 0})))
+    at_once = st(whole).to_pylist()
+    calls = []
+    probs = st.detector.probs
+    monkeypatch.setattr(st.detector, "probs", lambda audios: calls.append([len(a) for a in audios]) or probs(audios))
+    monkeypatch.setattr(stage_mod, "VAD_GROUP_SAMPLES", 50 * SR)
+    grouped = st(whole).to_pylist()
+    assert [(r["segments"], r["perf_speech_s"]) for r in grouped] == [(r["segments"], r["perf_speech_s"])
+                                                                      for r in at_once]
+    assert [len(c) for c in calls] == [2, 2, 2]          # 40+15 | 25+60 | 5+30
+    assert all(sum(c) - c[-1] < 50 * SR for c in calls)  # a group closes once it reaches the bound
+
+
 class _BrokenOnDevice:
     """A detector whose device failed (as a CUDA fault would): every call raises."""
 
