@@ -249,7 +249,7 @@ def decode_batch(batch: pa.Table, cfg: JobConfig, detector=None) -> pa.Table:
 
     Fetches what is not embedded (concurrently), decodes, resamples, finds speech (`detector`, an
     operators.audio.vad detector, over the whole block at once; None keeps all audio) and plans segments.
-    The row's pcm16 holds only the kept audio; with segment.vad_on actor (`vad_on_actor`) it holds the
+    The row's pcm16 holds only the kept audio; with segment.vad_on actor (`vad.on_actor`) it holds the
     whole audio, unplanned (no detector runs here: the ASR actor finds speech and plans). Every
     per-file failure becomes a row with
     status='error'; nothing raised here loses a block.
