@@ -40,6 +40,27 @@ def silero_full():
     return SileroVAD(gate=False)
 
 
+def _flac_table(files: dict[str, np.ndarray | bytes]):
+    """Source rows embedding each audio as FLAC (bytes pass as they are: a bad file)."""
+    blobs = []
+    for x in files.values():
+        if isinstance(x, bytes):
+            blobs.append(x)
+            continue
+        buf = io.BytesIO()
+        sf.write(buf, x, SR, format="FLAC")
+        blobs.append(buf.getvalue())
+    return source_table(list(files), [f"mem://{n}.flac" for n in files], blobs=blobs)
+
+
+def _free_backend():
+    """The simulated backend at no cost: the stage's own work is what a test sees."""
+    from operators.asr.simulated import SimulatedBackend
+    from operators.config import ModelConfig
+
+    return SimulatedBackend(ModelConfig(options={"rtfx": 1e9, "per_call_s": 0}))
+
+
 def _kept(spans) -> list[tuple[float, float]]:
     return [(s / SR, e / SR) for s, e in zip(spans[0], spans[1])]
 
@@ -200,9 +221,7 @@ def test_file_bounds_map_a_segment_end_to_its_own_range():
 def test_decode_batch_carries_only_the_kept_audio(recording, silero):
     audio, speech, _ = recording
     clip = audio[: 60 * SR]
-    buf = io.BytesIO()
-    sf.write(buf, clip, SR, format="FLAC")
-    table = source_table(["rec", "bad"], ["mem://rec.flac", "mem://bad.wav"], blobs=[buf.getvalue(), b"xx"])
+    table = _flac_table({"rec": clip, "bad": b"xx"})
     rows = decode_batch(table, JobConfig(segment=CFG), silero).to_pylist()
     r, bad = rows
     assert bad["status"] == "error" and bad["speech_start"] == []
@@ -318,12 +337,6 @@ def test_where_voice_activity_runs_is_resolved_on_the_driver():
         load_config(overrides=["segment.vad_on=gpu"])
 
 
-def _whole_and_planned(cfg_decode, cfg_actor, table, detector):
-    """The same table decoded for each place: planned at decode, and whole for the actor."""
-    return (decode_batch(table, cfg_decode, detector),
-            decode_batch(table, cfg_actor, None))
-
-
 @needs_silero
 def test_speech_found_on_the_asr_actor_gives_what_decode_gives(recording, silero):
     """segment.vad_on actor: decode carries the whole audio unplanned and runs no detector; the ASR
@@ -333,18 +346,12 @@ def test_speech_found_on_the_asr_actor_gives_what_decode_gives(recording, silero
 
     audio, _, _ = recording
     clip = audio[30 * SR: 75 * SR]      # speech, a long silence, speech
-    files = []
-    for name, x in (("rec", clip), ("quiet", np.zeros(3 * SR, np.float32)), ("short", audio[:4 * SR])):
-        buf = io.BytesIO()
-        sf.write(buf, x, SR, format="FLAC")
-        files.append((name, buf.getvalue()))
-    files.append(("bad", b"not audio"))
-    table = source_table([n for n, _ in files], [f"mem://{n}.flac" for n, _ in files],
-                         blobs=[b for _, b in files])
+    table = _flac_table({"rec": clip, "quiet": np.zeros(3 * SR, np.float32), "short": audio[:4 * SR],
+                         "bad": b"not audio"})
     seg = CFG.model_copy(update={"vad": "silero"})
     cfg_decode = JobConfig(segment=seg.model_copy(update={"vad_on": "decode"}))
     cfg_actor = JobConfig(segment=seg.model_copy(update={"vad_on": "actor"}))
-    planned, whole = _whole_and_planned(cfg_decode, cfg_actor, table, silero)
+    planned, whole = decode_batch(table, cfg_decode, silero), decode_batch(table, cfg_actor, None)
     p, w = planned.to_pylist(), whole.to_pylist()
     # decode in actor mode: the whole audio, no plan, no detector CPU
     assert len(from_pcm16(w[0]["pcm16"])) == len(clip) and w[0]["seg_start"] == w[0]["speech_start"] == []
@@ -451,23 +458,15 @@ def test_the_actors_threads_share_one_detector(recording):
     recurrent state on itself): batches run together give what they give one at a time."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from operators.asr.simulated import SimulatedBackend
     from operators.asr.stage import ASRStage
-    from operators.config import ModelConfig
 
     audio, _, _ = recording
-    tables = []
-    for k in range(6):
-        names, blobs = [], []
-        for j in range(1 + k % 3):   # batches of 1-3 files: the model's batch size differs per call
-            buf = io.BytesIO()
-            sf.write(buf, audio[(20 * k + 7 * j) * SR: (20 * k + 7 * j + 25 + 5 * j) * SR], SR, format="FLAC")
-            names.append(f"f{k}-{j}")
-            blobs.append(buf.getvalue())
-        tables.append(source_table(names, [f"mem://{n}.flac" for n in names], blobs=blobs))
+    # batches of 1-3 files: the model's batch size differs per call
+    tables = [_flac_table({f"f{k}-{j}": audio[(20 * k + 7 * j) * SR: (20 * k + 7 * j + 25 + 5 * j) * SR]
+                           for j in range(1 + k % 3)}) for k in range(6)]
     cfg = JobConfig(segment=CFG.model_copy(update={"vad": "silero", "vad_on": "actor"}))
     whole = [decode_batch(t, cfg, None) for t in tables]
-    st = ASRStage(cfg, backend=SimulatedBackend(ModelConfig(options={"rtfx": 1e9, "per_call_s": 0})))
+    st = ASRStage(cfg, backend=_free_backend())
     alone = [st(t).to_pylist() for t in whole]
     with ThreadPoolExecutor(max_workers=3) as pool:
         for _ in range(3):
@@ -481,21 +480,14 @@ def test_the_actor_runs_the_detector_on_groups_of_bounded_size(recording, monkey
     """A batch of many long files goes to the detector a group at a time (stage.VAD_GROUP_SAMPLES of
     audio, or one file where a file is longer): the same plans as all at once, never all files held whole."""
     import operators.asr.stage as stage_mod
-    from operators.asr.simulated import SimulatedBackend
     from operators.asr.stage import ASRStage
-    from operators.config import ModelConfig
 
     audio, _, _ = recording
-    names, blobs, lengths = [], [], [40, 15, 25, 60, 5, 30]
-    for k, n in enumerate(lengths):
-        buf = io.BytesIO()
-        sf.write(buf, audio[10 * k * SR: (10 * k + n) * SR], SR, format="FLAC")
-        names.append(f"f{k}")
-        blobs.append(buf.getvalue())
-    table = source_table(names, [f"mem://{n}.flac" for n in names], blobs=blobs)
+    lengths = [40, 15, 25, 60, 5, 30]
+    table = _flac_table({f"f{k}": audio[10 * k * SR: (10 * k + n) * SR] for k, n in enumerate(lengths)})
     cfg = JobConfig(segment=CFG.model_copy(update={"vad": "silero", "vad_on": "actor"}))
     whole = decode_batch(table, cfg, None)
-    st = ASRStage(cfg, backend=SimulatedBackend(ModelConfig(options={"rtfx": 1e9, "per_call_s": 0})))
+    st = ASRStage(cfg, backend=_free_backend())
     at_once = st(whole).to_pylist()
     calls = []
     probs = st.detector.probs
@@ -522,19 +514,15 @@ def test_a_detector_that_fails_on_the_gpu_runs_on_the_actors_cpu(recording, sile
     """On the ASR actor, a detector that cannot load on cuda, or whose call fails there, runs on the
     actor's CPU instead: every row still gets the speech decode would have found."""
     import operators.asr.stage as stage_mod
-    from operators.asr.simulated import SimulatedBackend
     from operators.asr.stage import ASRStage
-    from operators.config import ModelConfig
 
     audio, _, _ = recording
-    buf = io.BytesIO()
-    sf.write(buf, audio[30 * SR: 70 * SR], SR, format="FLAC")
-    table = source_table(["rec"], ["mem://rec.flac"], blobs=[buf.getvalue()])
+    table = _flac_table({"rec": audio[30 * SR: 70 * SR]})
     seg = CFG.model_copy(update={"vad": "silero"})
     cfg_actor = JobConfig(segment=seg.model_copy(update={"vad_on": "actor"}))
     planned = decode_batch(table, JobConfig(segment=seg), silero)
     whole = decode_batch(table, cfg_actor, None)
-    backend = SimulatedBackend(ModelConfig(options={"rtfx": 1e9, "per_call_s": 0}))
+    backend = _free_backend()
     expected = ASRStage(JobConfig(segment=seg), backend=backend)(planned).to_pylist()[0]
 
     real = stage_mod.make_detector
