@@ -281,10 +281,10 @@ def _nodes() -> tuple[list, list]:
     return gpu_nodes, cpu_only
 
 
-def decode_apart(cfg: JobConfig) -> bool:
+def decode_apart(cfg: JobConfig, nodes: tuple[list, list] | None = None) -> bool:
     """Whether decode runs apart from the GPU ASR actors, on CPU-only nodes (decode.avoid_gpu_nodes,
-    where the cluster has both kinds)."""
-    gpu_nodes, cpu_only = _nodes()
+    where the cluster has both kinds); `nodes`: `_nodes()` where the caller has them."""
+    gpu_nodes, cpu_only = nodes or _nodes()
     return bool(cfg.decode.avoid_gpu_nodes and cfg.asr.num_gpus and gpu_nodes and cpu_only)
 
 
@@ -297,9 +297,9 @@ def decode_placement(cfg: JobConfig) -> tuple:
     import ray
 
     d, a = cfg.decode, cfg.asr
-    gpu_nodes, cpu_only = _nodes()
+    gpu_nodes, cpu_only = nodes = _nodes()
     remote_args: dict = {}
-    if decode_apart(cfg):
+    if decode_apart(cfg, nodes):  # the same listing the selector below is built from
         remote_args["label_selector"] = {"ray.io/node-id": f"!in({','.join(gpu_nodes)})"}
         cpus = sum(n["Resources"]["CPU"] for n in cpu_only)
     else:
