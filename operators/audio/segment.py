@@ -115,21 +115,23 @@ def plan_speech(audio: np.ndarray, cfg: SegmentConfig, probs: np.ndarray | None
     return speech_start, speech_end, seg_start, seg_end
 
 
-def plan_block(audios: list[np.ndarray], cfg: SegmentConfig, detector) -> tuple[list, float, float]:
+def plan_block(audios: list[np.ndarray], cfg: SegmentConfig, detector,
+               samples: list[np.ndarray] | None = None) -> tuple[list, float, float]:
     """Voice activity over a block's files at once (`detector`, an operators.audio.vad detector; None
     keeps all audio) and each file's plan: per audio `(spans, kept)` (spans as `plan_speech` returns
-    them, kept: the audio at the kept ranges, joined) or the exception its planning raised; then the
-    detector's CPU seconds (this thread's) and wall seconds."""
+    them, kept: the audio at the kept ranges, joined; cut from `samples`, the same audio in another
+    form such as its int16, where given) or the exception its planning raised; then the detector's CPU
+    seconds (this thread's) and wall seconds."""
     probs, vad_cpu, vad_s = [None] * len(audios), 0.0, 0.0
     if detector is not None and audios:
         t0, c0 = time.perf_counter(), time.thread_time()
         probs = detector.probs(audios)
         vad_cpu, vad_s = time.thread_time() - c0, time.perf_counter() - t0
     out: list = []
-    for audio, p in zip(audios, probs):
+    for audio, p, src in zip(audios, probs, samples or audios):
         try:
             spans = plan_speech(audio, cfg, p)
-            kept = (np.concatenate([audio[s:e] for s, e in zip(*spans[:2])]) if spans[0] else audio[:0])
+            kept = np.concatenate([src[s:e] for s, e in zip(*spans[:2])]) if spans[0] else src[:0]
             out.append((spans, kept))
         except Exception as e:  # noqa: BLE001 - a planning failure stays per file
             out.append(e)

@@ -13,7 +13,8 @@ import soundfile as sf
 
 import audio_fixtures as af
 from operators.config import DecodeConfig, JobConfig
-from operators.audio.decode import AudioError, decode_audio, decode_batch, from_pcm16, to_pcm16
+from operators.audio.decode import (AudioError, decode_audio, decode_batch, decode_pcm16, from_pcm16,
+                                    pcm16_samples, to_pcm16)
 from operators.schema import DECODED_SCHEMA, ERROR, OK
 from operators.audio.segment import plan_segments
 from operators.io.sources import source_table
@@ -275,6 +276,42 @@ def test_pcm16_round_trip():
 def test_pcm16_clips_out_of_range():
     y = from_pcm16(to_pcm16(np.array([-3.0, 2.0, 1.5], np.float32)))
     np.testing.assert_array_equal(y, [-1.0, 1.0, 1.0])
+
+
+def test_pcm16_samples_match_the_float_formula():
+    """pcm16_samples (in place) gives what float32 clip -> x 32767 -> round gave, at the edges too."""
+    x = np.random.default_rng(2).uniform(-1.2, 1.2, 50_000).astype(np.float32)
+    x[:6] = [-1.0, 1.0, 0.5 / 32767, 1.5 / 32767, -0.5 / 32767, 2.5 / 32767]  # halves round to even
+    expect = (np.clip(x, -1.0, 1.0) * 32767.0).round().astype(np.int16)
+    assert expect[2:6].tolist() == [0, 2, 0, 2]
+    np.testing.assert_array_equal(pcm16_samples(x), expect)
+
+
+@pytest.mark.parametrize("fmt", ["flac", "wav"])
+def test_16k_mono_16bit_source_carries_its_own_samples(fmt):
+    """A 16 kHz mono 16-bit source is carried as its own int16 samples, full scale included (the float
+    round trip rounded s x 32767/32768: up to 1 LSB off)."""
+    rng = np.random.default_rng(3)
+    s = rng.integers(-32768, 32768, 3 * SR).astype(np.int16)
+    s[:4] = [-32768, 32767, -1, 1]
+    buf = io.BytesIO()
+    sf.write(buf, s, SR, format=fmt.upper(), subtype="PCM_16")
+    out = decode_pcm16(buf.getvalue())
+    assert out.dtype == np.int16
+    np.testing.assert_array_equal(out, s)
+    # the same through the decode stage, planned there or left whole for the ASR actor
+    for where in ("decode", "actor"):
+        cfg = JobConfig.model_validate({"segment": {"vad": "none", "vad_on": where}})
+        row = decode_batch(source_table(["a"], ["mem://a"], blobs=[buf.getvalue()]), cfg).to_pylist()[0]
+        assert row["status"] == OK and np.array_equal(np.frombuffer(row["pcm16"], "<i2"), s), where
+
+
+@pytest.mark.parametrize("fmt,rate,channels", [("flac", 44_100, 1), ("flac", SR, 2), ("wav_float", SR, 1),
+                                               ("m4a", 48_000, 1)])
+def test_other_sources_carry_the_rounded_float_decode(fmt, rate, channels):
+    x = af.tone(2.0, rate)
+    data = af.encode(np.stack([x, 0.5 * x], axis=1) if channels == 2 else x, rate, fmt)
+    np.testing.assert_array_equal(decode_pcm16(data), pcm16_samples(decode_audio(data)))
 
 
 # ------------------------------------------------------------------ decode_batch

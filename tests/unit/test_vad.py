@@ -232,10 +232,13 @@ def test_decode_batch_carries_only_the_kept_audio(recording, silero):
     assert 0.3 < r["perf_speech_s"] / r["duration_s"] < 0.9
     assert r["perf_vad_cpu_s"] > 0
     assert r["perf_vad"] == bad["perf_vad"] == "silero on decode CPU"
-    # the kept audio is the file's own samples at the kept ranges
+    # the kept audio is the file's own samples at the kept ranges, exactly (float: scale 32767 vs the
+    # file's 32768)
+    src = sf.read(io.BytesIO(table.column("audio_bytes")[0].as_py()), dtype="int16")[0]
     s, e = r["speech_start"][1], r["speech_end"][1]
     at = r["speech_end"][0] - r["speech_start"][0]
-    np.testing.assert_allclose(kept[at: at + (e - s)], clip[s:e], atol=1 / 32767)
+    np.testing.assert_array_equal(np.frombuffer(r["pcm16"], "<i2")[at: at + (e - s)], src[s:e])
+    np.testing.assert_allclose(kept[at: at + (e - s)], clip[s:e], atol=2 / 32767)
 
 
 def test_vad_method_resolution_names_the_fix(monkeypatch):
