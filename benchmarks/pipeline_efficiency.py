@@ -18,6 +18,9 @@ accelerator of fixed speed. One run, one local Ray cluster, figures side by side
                --before-set KEY=VALUE gives the before run any overrides (--before-set
                segment.vad_on=decode --set segment.vad_on=actor: voice activity on decode, then on the
                ASR actor, with carried_to_asr: the silence's cost in the object store).
+               --before-ref REF runs scenario 1 of the code at git REF instead (`git archive` into the
+               workdir, its own pipeline_efficiency.py in a subprocess, its own local Ray), first, on the
+               same files: today's figures against an older commit's, in one invocation.
 7. detectors   (--vad-options) each voice-activity option in this process, one thread, on the
                --distinct files and on long recordings (speech, pauses, music): CPU-seconds per
                audio-hour and whether its regions match silero_full's (vad_options()).
@@ -37,6 +40,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -122,6 +126,31 @@ def cpu_profile(before: dict, after: dict, hours: float) -> dict[str, float]:
     for pid, (role, cpu) in after.items():
         out[role] = out.get(role, 0.0) + (cpu - before.get(pid, (role, 0.0))[1]) / hours
     return dict(sorted(out.items()))
+
+
+def capacity_at_ref(ref: str, root: Path, args) -> tuple[dict, dict, str]:
+    """Scenario 1 run by the code at git `ref` (its tree exported under root, its own benchmark script
+    in a subprocess with its own local Ray cluster, on root's corpus): (capacity, CPU profile, commit)."""
+    sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", f"{ref}^{{commit}}"], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    tree = root / f"ref-{sha[:12]}"
+    if not (tree / "benchmarks" / "pipeline_efficiency.py").is_file():
+        shutil.rmtree(tree, ignore_errors=True)
+        tree.mkdir(parents=True)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", sha], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    cmd = [sys.executable, str(tree / "benchmarks" / "pipeline_efficiency.py"), "--files", str(args.files),
+           "--small", str(args.small), "--distinct", str(args.distinct), "--workdir", str(root),
+           "--skip", "small", "--skip", "large", "--skip", "actor", *sum((["--set", o] for o in args.before), [])]
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    print(f"capacity at {ref} ({sha[:12]}): {' '.join(cmd)}", flush=True)
+    run = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
+    marker = "=== pipeline efficiency (simulated accelerator) ==="
+    if run.returncode or marker not in run.stdout:
+        sys.stderr.write(run.stdout[-4000:] + run.stderr[-4000:])
+        raise SystemExit(f"the capacity run at {ref} failed (rc {run.returncode}); its output is above")
+    out = json.loads(run.stdout.split(marker, 1)[1])
+    return out["capacity"], out.get("capacity_cpu_profile_s_per_audio_hour", {}), sha
 
 
 def job(input_dir: Path, out: Path, rtfx: float, per_call_s: float, extra: list[str]) -> dict:
@@ -289,17 +318,27 @@ def main() -> int:
     p.add_argument("--before-set", dest="before", action="append", default=[], metavar="KEY=VALUE",
                    help="scenario 6 with any overrides for the before run (e.g. segment.vad_on=decode, with "
                    "--set segment.vad_on=actor for the after run)")
+    p.add_argument("--before-ref", metavar="REF", help="scenario 6 with the before run made by the code at git "
+                   "REF (e.g. the commit an issue was filed at), on the same files; --before-set applies to it")
     p.add_argument("--vad-options", action="store_true", help="scenario 7: the detectors' own cost, in process")
     args = p.parse_args()
     root = Path(args.workdir)
     root.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count() or 1
-    init_ray()  # one local cluster for every run: Ray start-up is outside every figure
-    args.overrides = TUNED + args.overrides
-    results: dict = {"cores": cores, "overrides": args.overrides}
-
     big_dir, big_audio = corpus(root, args.files, args.distinct)
     small_dir, _ = corpus(root, args.small, args.distinct)
+    results: dict = {"cores": cores}
+    if args.before_ref and "capacity" not in args.skip:  # first, with no cluster of ours running beside it
+        load0 = os.getloadavg()[0]
+        b, profile, sha = capacity_at_ref(args.before_ref, root, args)
+        results["capacity_before"] = {**b, "ref": args.before_ref, "commit": sha, "overrides": args.before,
+                                      "load_avg_1m_before_after": [load0, os.getloadavg()[0]]}
+        results["capacity_before_cpu_profile_s_per_audio_hour"] = profile
+        print(json.dumps({"capacity_before": results["capacity_before"], "profile": profile}, indent=1),
+              flush=True)
+    init_ray()  # one local cluster for every run: Ray start-up is outside every figure
+    args.overrides = TUNED + args.overrides
+    results["overrides"] = args.overrides
     results["libsndfile_audio_s_per_cpu_s"] = libsndfile_rate(sorted((root / "distinct").glob("*.flac")))
 
     def figures(s: dict) -> dict:
@@ -316,7 +355,7 @@ def main() -> int:
     if "capacity" not in args.skip:
         if args.vad_before:
             args.before.insert(0, f"segment.vad={args.vad_before}")
-        runs = [("capacity_before", args.before)] if args.before else []
+        runs = [("capacity_before", args.before)] if args.before and not args.before_ref else []
         for name, extra in [*runs, ("capacity", [])]:
             before = process_cpu()
             load0 = os.getloadavg()[0]
@@ -331,7 +370,7 @@ def main() -> int:
             capacity = cap
             print(json.dumps({name: results[name], "profile": results[f"{name}_cpu_profile_s_per_audio_hour"]},
                              indent=1), flush=True)
-        if args.before:
+        if "capacity_before" in results:
             b, a = results["capacity_before"], results["capacity"]
             results["capacity_after_over_before"] = {
                 "per_core": a["per_core"] / b["per_core"],
@@ -339,7 +378,9 @@ def main() -> int:
                                                 a["cpu_seconds_per_audio_hour"]["decode"]],
                 "asr_actor_cpu_s_per_audio_hour": [b["cpu_seconds_per_audio_hour"]["asr_actor_overhead"],
                                                    a["cpu_seconds_per_audio_hour"]["asr_actor_overhead"]],
-                "carried_mb_per_audio_hour": [b["carried_to_asr"]["mb_per_audio_hour"],
+                "vad_cpu_s_per_audio_hour": [b["cpu_seconds_per_audio_hour"].get("vad"),
+                                             a["cpu_seconds_per_audio_hour"].get("vad")],
+                "carried_mb_per_audio_hour": [(b.get("carried_to_asr") or {}).get("mb_per_audio_hour"),
                                               a["carried_to_asr"]["mb_per_audio_hour"]],
                 "ray_workers_cpu_s_per_audio_hour": [
                     results["capacity_before_cpu_profile_s_per_audio_hour"].get("ray workers"),
