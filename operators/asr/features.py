@@ -122,18 +122,20 @@ def batch_features(audios: Sequence[torch.Tensor | np.ndarray], variant: Variant
 # Batched path for an accelerator: one STFT launch for a whole sub-batch instead of one per clip
 # --------------------------------------------------------------------------------------------------
 PCM_SCALE = 32767.0   # operators.audio.decode.to_pcm16 / from_pcm16: int16 <-> float
+PCM_MIN = np.float32(-32768.0) / np.float32(PCM_SCALE)  # int16's lowest sample as from_pcm16 gives it
 FEATURE_CHUNK = 32    # clips per batched STFT (bounds the complex spectrogram: ~1.6 GB at 128 x 60 s)
 
 
 def pcm16_matrix(audios: Sequence[np.ndarray], pin: bool = False) -> tuple[torch.Tensor, list[int]]:
-    """Clips (float in [-1, 1], as the decode stage's 16-bit PCM gives them) -> (B, max_len) int16 host
-    tensor, zero-padded, optionally in pinned memory (half the bytes of float32 to copy to a device).
-    For clips that came from 16-bit PCM this is lossless: from_pcm16(to_pcm16(x)) round-trips."""
+    """Clips (float in [-32768/32767, 1], as the decode stage's 16-bit PCM gives them) -> (B, max_len)
+    int16 host tensor, zero-padded, optionally in pinned memory (half the bytes of float32 to copy to a
+    device). For clips that came from 16-bit PCM this is lossless, -32768 included (a source's own
+    samples are carried as they are): from_pcm16 then this round-trips."""
     lengths = [len(a) for a in audios]
     out = torch.zeros((len(audios), max(lengths, default=0)), dtype=torch.int16, pin_memory=pin)
     view = out.numpy()
     for i, a in enumerate(audios):
-        np.rint(np.clip(np.asarray(a, np.float32), -1.0, 1.0) * PCM_SCALE, out=view[i, :len(a)],
+        np.rint(np.clip(np.asarray(a, np.float32), PCM_MIN, 1.0) * PCM_SCALE, out=view[i, :len(a)],
                 casting="unsafe")
     return out, lengths
 

@@ -145,6 +145,18 @@ def test_batched_features_from_int16_equal_per_clip_features():
     assert torch.equal(got, ref), float((got - ref).abs().max())
 
 
+def test_int16_matrix_carries_every_16_bit_sample_exactly():
+    """The decode stage carries a source's own samples (-32768 included); from_pcm16 then pcm16_matrix
+    gives them back, so the batched features see what the per-clip ones do."""
+    from operators.audio.decode import from_pcm16
+
+    s = np.arange(-32768, 32768, dtype=np.int16)
+    clip = from_pcm16(s.tobytes())
+    pcm, _ = features.pcm16_matrix([clip, clip[::-1]])
+    assert torch.equal(pcm[0], torch.from_numpy(s)) and torch.equal(pcm[1], torch.from_numpy(s[::-1].copy()))
+    assert torch.equal(pcm[0].float() / features.PCM_SCALE, torch.from_numpy(clip))
+
+
 class _Ops(TorchDispatchMode):
     def __init__(self):
         super().__init__()
