@@ -85,11 +85,14 @@ def test_s3_server_down_for_20_s_mid_run(s3, ray_cluster, prefix):
     try:
         result = run(_cfg(prefix, "asr.model.options.rtfx=4", "asr.files_per_batch=2", "decode.batch_size=2",
                           "write.rows_per_file=2"))
+        ended = time.time()
     finally:
         t.join()
     assert "down" in events and "up" in events, "the outage must land mid-run"
-    out = _exactly_once_all_ok(s3, result["output"], ids)
-    assert max(r["processed_at"].timestamp() for r in out) > events["down"]   # work went on after it
+    _exactly_once_all_ok(s3, result["output"], ids)
+    # the job waited the outage out: it ended after the server was back (on a loaded box the model may
+    # have heard every file before the first write landed, so only the writes were left to wait)
+    assert ended > events["up"]
     assert result["retries"]["fetch"] + result["retries"]["write"] > 0
     print(f"S3 down {events['up'] - events['down']:.1f} s (20 s stopped + restart); job ended "
           f"{result['wall_seconds'] - (events['up'] - events['down']):.1f} s of its {result['wall_seconds']:.1f} s "
