@@ -322,6 +322,8 @@ def main() -> int:
                    "REF (e.g. the commit an issue was filed at), on the same files; --before-set applies to it")
     p.add_argument("--vad-options", action="store_true", help="scenario 7: the detectors' own cost, in process")
     args = p.parse_args()
+    if args.vad_before:  # the before run's detector, whichever code (this tree's or --before-ref's) runs it
+        args.before.insert(0, f"segment.vad={args.vad_before}")
     root = Path(args.workdir)
     root.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count() or 1
@@ -353,8 +355,6 @@ def main() -> int:
 
     capacity = None
     if "capacity" not in args.skip:
-        if args.vad_before:
-            args.before.insert(0, f"segment.vad={args.vad_before}")
         runs = [("capacity_before", args.before)] if args.before and not args.before_ref else []
         for name, extra in [*runs, ("capacity", [])]:
             before = process_cpu()

@@ -31,6 +31,7 @@ BLOCK_S = 30  # seconds of source audio read per block
 # a source in one of these at 16 kHz mono is read as its own int16 samples (decode_pcm16): exact, and no
 # float round trip (to_pcm16 was ~7 % of decode's CPU on the corpus)
 _PCM16_SUBTYPES = ("PCM_16", "PCM_S8", "PCM_U8")
+_PCM_SCALE = np.float32(32767.0)  # the rows' int16 <-> float scale (operators.asr.features.PCM_SCALE)
 
 
 class AudioError(Exception):
@@ -248,8 +249,8 @@ def _decode(data: bytes | None, cfg: DecodeConfig | None, pcm16: bool) -> np.nda
 
 def pcm16_samples(audio: np.ndarray) -> np.ndarray:
     """float in [-1, 1] -> int16 (scale 32767, clipped, rounded half to even)."""
-    x = np.multiply(audio, np.float32(32767.0), dtype=np.float32)
-    np.clip(x, -32767.0, 32767.0, out=x)
+    x = np.multiply(audio, _PCM_SCALE, dtype=np.float32)
+    np.clip(x, -_PCM_SCALE, _PCM_SCALE, out=x)
     return np.rint(x, out=x).astype("<i2")
 
 
@@ -259,7 +260,7 @@ def to_pcm16(audio: np.ndarray) -> bytes:
 
 def pcm16_float(samples: np.ndarray) -> np.ndarray:
     """int16 -> float32, the inverse of pcm16_samples (what the ASR actor computes from the row)."""
-    return np.divide(samples, np.float32(32767.0), dtype=np.float32)
+    return np.divide(samples, _PCM_SCALE, dtype=np.float32)
 
 
 def from_pcm16(data: bytes) -> np.ndarray:
@@ -318,8 +319,8 @@ def decode_batch(batch: pa.Table, cfg: JobConfig, detector=None) -> pa.Table:
     if later:                      # and plans
         plans, vad_cpu = [None] * len(pcms), 0.0
     else:  # the detector and planner hear what the ASR actor will (pcm16_float); kept is cut from pcm16
-        plans, vad_cpu, _ = plan_block([pcm16_float(p) for p in pcms.values()], cfg.segment, detector,
-                                       samples=list(pcms.values()))
+        samples = list(pcms.values())
+        plans, vad_cpu, _ = plan_block([pcm16_float(p) for p in samples], cfg.segment, detector, samples)
     for i, plan in zip(pcms, plans):
         rec = out[i]
         if later:
