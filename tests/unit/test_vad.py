@@ -426,9 +426,10 @@ def test_gated_silero_finds_the_regions_silero_full_finds(silero, silero_full, s
 
 
 @needs_silero
-def test_gated_silero_runs_the_model_on_a_fifth_of_plain_speech(silero, silero_full):
+def test_gated_silero_runs_the_model_on_an_eighth_of_plain_speech(silero, silero_full):
     """Speech as the capacity benchmark's corpus holds it (sentences and 0.5 s pauses, 2-35 s files):
-    the same regions as the full model's, from under a fifth of the windows; a quiet file and a file
+    the same regions as the full model's, from under an eighth of the windows (0.109; 0.141 with
+    4-window probes); a quiet file and a file
     45 dB down (a quiet speaker) are judged like the full model judges them."""
     rng = np.random.default_rng(0)
     clips = [demo_corpus.load(e) for e in demo_corpus.entries()]
@@ -441,7 +442,7 @@ def test_gated_silero_runs_the_model_on_a_fifth_of_plain_speech(silero, silero_f
     files += [np.zeros(20 * SR, np.float32), files[0] * 10 ** (-45 / 20)]
     silero.windows_run = silero.windows_seen = 0
     mine = silero.probs(files)
-    assert silero.windows_run <= 0.2 * silero.windows_seen
+    assert silero.windows_run <= 0.125 * silero.windows_seen
     theirs = silero_full.probs(files)
     same = 0
     for audio, p, q in zip(files, mine, theirs):
