@@ -14,7 +14,7 @@ import soundfile as sf
 import audio_fixtures as af
 from operators.config import DecodeConfig, JobConfig
 from operators.audio.decode import (AudioError, decode_audio, decode_batch, decode_pcm16, from_pcm16,
-                                    pcm16_samples, to_pcm16)
+                                    pcm16_column, pcm16_samples, to_pcm16)
 from operators.schema import DECODED_SCHEMA, ERROR, OK
 from operators.audio.segment import plan_segments
 from operators.io.sources import source_table
@@ -365,6 +365,32 @@ def test_decode_batch_rows_in_order_with_errors(tmp_path):
     assert by_id["m4a"]["duration_s"] == pytest.approx(1.5, abs=0.1)
     assert by_id["disk"]["duration_s"] == pytest.approx(1.0)
     assert by_id["src"]["error"] == "source: tar member unreadable: bad checksum"
+
+
+def test_pcm16_column_is_the_rows_bytes_nulls_and_empties_included(monkeypatch):
+    """The column built from the int16 arrays holds what a bytes object per row would (a null for an
+    error row, b"" for a row that kept nothing), also cut into several chunks at the 2 GiB limit (here
+    lowered to 10 kB) and from a strided array."""
+    import operators.audio.decode as decode
+
+    rng = np.random.default_rng(0)
+    samples = [rng.integers(-32768, 32768, n).astype(np.int16) for n in (3000, 0, 1, 2500, 7)]
+    samples[3] = samples[3][::2]                       # not contiguous
+    samples.insert(2, None)
+    want = [None if s is None else s.tobytes() for s in samples]
+    assert pcm16_column(samples).to_pylist() == want
+    assert pcm16_column([]).to_pylist() == [] and pcm16_column([None]).to_pylist() == [None]
+    monkeypatch.setattr(decode, "_BINARY_LIMIT", 10_000)
+    col = pcm16_column(samples * 3)
+    assert col.num_chunks > 1 and col.to_pylist() == want * 3
+    assert all(c.nbytes <= 10_000 + 8 * len(c) + 64 for c in col.chunks)
+    # a row over the limit alone is an error row, naming the fix; its neighbours keep theirs
+    table = source_table(["a", "b"], ["mem://a.wav", "mem://b.wav"],
+                         blobs=[af.encode(af.tone(0.2), SR, "wav"), af.encode(af.tone(0.5), SR, "wav")])
+    rows = decode_batch(table, JobConfig()).to_pylist()
+    assert [r["status"] for r in rows] == [OK, ERROR] and rows[0]["pcm16"] is not None
+    assert rows[1]["error"].startswith("decode: ") and "max_duration_s" in rows[1]["error"]
+    assert rows[1]["pcm16"] is None and rows[1]["perf_carried_bytes"] == 0
 
 
 def test_decode_batch_applies_decode_config():
