@@ -429,8 +429,8 @@ def test_gated_silero_finds_the_regions_silero_full_finds(silero, silero_full, s
 def test_gated_silero_runs_the_model_on_an_eighth_of_plain_speech(silero, silero_full):
     """Speech as the capacity benchmark's corpus holds it (sentences and 0.5 s pauses, 2-35 s files):
     the same regions as the full model's, from under an eighth of the windows (0.109; 0.141 with
-    4-window probes); a quiet file and a file
-    45 dB down (a quiet speaker) are judged like the full model judges them."""
+    4-window probes); a quiet file and a file 45 dB down (a quiet speaker) are judged like the full
+    model judges them."""
     rng = np.random.default_rng(0)
     clips = [demo_corpus.load(e) for e in demo_corpus.entries()]
     files = []
