@@ -307,6 +307,10 @@ def _backends_that(test) -> list[str]:
 
 class WriteConfig(_Section):
     num_cpus: float = Field(0.25, gt=0, description="CPUs per write task.")
+    max_tasks: int = Field(2, ge=1, description="Most write tasks at once. Each writes a whole file of "
+                           "rows_per_file rows, so a few keep up with any number of GPUs; uncapped, Ray "
+                           "Data's resource allocator holds back CPUs for writing that decode cannot use "
+                           "(on 2 cores the decode pool never grew past one actor).")
     compression: str = Field("zstd", description="Parquet compression codec.")
     rows_per_file: int = Field(4096, ge=0, description="Rows per Parquet file (a million-file job writes a "
                                "few hundred files). Each file is whole or absent: a killed run redoes at "
