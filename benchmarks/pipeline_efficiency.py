@@ -118,10 +118,35 @@ def process_cpu() -> dict[int, tuple[str, float]]:
     return out
 
 
+class CpuWatch:
+    """process_cpu() every `every` s in a thread while a job runs: `last` holds each process's latest
+    sample, so processes that end before the job does (decode and ASR actors of a finished dataset,
+    scaled down as the input runs out) still count, up to their last sample."""
+
+    def __init__(self, every: float = 2.0):
+        import threading
+
+        self.every, self.last = every, process_cpu()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self.last.update(process_cpu())
+
+    def __enter__(self) -> "CpuWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.last.update(process_cpu())
+
+
 def cpu_profile(before: dict, after: dict, hours: float) -> dict[str, float]:
-    """CPU seconds per audio-hour by role between two process_cpu() snapshots: each process alive at the
-    end counts what it spent since the first (processes that ended in between are not seen: the ASR
-    actor of a finished dataset among them; the summary's asr_actor_overhead counts its CPU)."""
+    """CPU seconds per audio-hour by role between two process_cpu() snapshots (`after`: CpuWatch.last,
+    which keeps processes that ended in between at their last sample, up to `every` s short)."""
     out: dict[str, float] = {}
     for pid, (role, cpu) in after.items():
         out[role] = out.get(role, 0.0) + (cpu - before.get(pid, (role, 0.0))[1]) / hours
@@ -359,8 +384,9 @@ def main() -> int:
         for name, extra in [*runs, ("capacity", [])]:
             before = process_cpu()
             load0 = os.getloadavg()[0]
-            s = job(big_dir, root / "out-free", 1e9, 0.0, [*args.overrides, *extra])
-            after = process_cpu()
+            with CpuWatch() as watch:
+                s = job(big_dir, root / "out-free", 1e9, 0.0, [*args.overrides, *extra])
+            after = watch.last
             hours = s["audio_hours"]
             results[f"{name}_cpu_profile_s_per_audio_hour"] = cpu_profile(before, after, hours)
             cap = s["audio_seconds"] / s["pipeline_wall_seconds"]
