@@ -307,14 +307,23 @@ def _backends_that(test) -> list[str]:
 
 class WriteConfig(_Section):
     num_cpus: float = Field(0.25, gt=0, description="CPUs per write task.")
-    max_tasks: int = Field(2, ge=1, description="Most write tasks at once. Each writes a whole file of "
-                           "rows_per_file rows, so a few keep up with any number of GPUs; uncapped, Ray "
-                           "Data's resource allocator holds back CPUs for writing that decode cannot use "
-                           "(on 2 cores the decode pool never grew past one actor).")
+    max_tasks: int | None = Field(None, ge=1, description="Most write tasks at once; empty: 2 (each writes "
+                                  "a whole file of rows_per_file rows, so two keep up with any number of "
+                                  "GPUs), or with rows_per_file 0 one per ASR batch in flight. Uncapped, "
+                                  "Ray Data's resource allocator held back CPUs for writing that decode "
+                                  "could not use (on 2 cores the decode pool never grew past one actor).")
     compression: str = Field("zstd", description="Parquet compression codec.")
     rows_per_file: int = Field(4096, ge=0, description="Rows per Parquet file (a million-file job writes a "
                                "few hundred files). Each file is whole or absent: a killed run redoes at "
                                "most the rows not yet in a finished file. 0: one file per ASR batch.")
+
+
+    def tasks(self, asr: "ASRConfig") -> int:
+        """write.max_tasks resolved: with a file per ASR batch (rows_per_file 0) writes come as often as
+        batches, so one writer per batch in flight across the ASR pool."""
+        if self.max_tasks:
+            return self.max_tasks
+        return 2 if self.rows_per_file else (asr.max_actors or asr.num_actors) * asr.concurrent_batches
 
 
 class SelectConfig(_Section):

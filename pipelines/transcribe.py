@@ -170,7 +170,7 @@ def describe(cfg: JobConfig, info: dict, source: sources.Source, units: pa.Table
              "num_gpus_per_actor": a.num_gpus, "num_cpus_per_actor": a.num_cpus,
              "files_per_batch": a.files_per_batch, "segments_per_model_call": a.batch_size,
              "concurrent_batches_per_actor": a.concurrent_batches, "max_tasks_in_flight_per_actor": a.tasks_in_flight},
-            {"stage": "write", "kind": "ray tasks", "num_cpus": cfg.write.num_cpus, "max_tasks": cfg.write.max_tasks,
+            {"stage": "write", "kind": "ray tasks", "num_cpus": cfg.write.num_cpus, "max_tasks": cfg.write.tasks(a),
              "format": f"parquet ({cfg.write.compression})", "rows_per_file": cfg.write.rows_per_file},
         ],
         "output": {"dir": info["output"], "overwrite": cfg.output.overwrite},
@@ -255,7 +255,7 @@ def build(cfg: JobConfig, info: dict, source: sources.Source, units: pa.Table):
         batch_size=cfg.write.rows_per_file or None, batch_format="pyarrow", num_cpus=cfg.write.num_cpus,
         # a bounded write stage: uncapped, Ray Data's allocator hands it every CPU the others leave
         # (the most downstream operator takes the leftover) and the decode pool is never let grow
-        compute=ray.data.TaskPoolStrategy(size=cfg.write.max_tasks))
+        compute=ray.data.TaskPoolStrategy(size=cfg.write.tasks(cfg.asr)))
     return ds
 
 

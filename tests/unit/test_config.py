@@ -193,3 +193,16 @@ def test_select_weak_needs_previous():
     with pytest.raises(ConfigError, match=r"select.*previous"):
         load_config(None, ["select.mode=weak"])
     assert load_config(None, ["select.mode=changed", "select.previous=s3://o/v1"]).select.previous == "s3://o/v1"
+
+
+def test_write_tasks_bounded_and_sized_to_how_often_files_come():
+    """The write stage always runs under a cap (Ray Data otherwise lets it hold the CPUs decode needs):
+    2 for whole rows_per_file files; with a file per ASR batch, one writer per batch in flight."""
+    cfg = JobConfig()
+    assert cfg.write.rows_per_file and cfg.write.tasks(cfg.asr) == 2
+    per_batch = load_config(None, ["write.rows_per_file=0", "asr.num_actors=3", "asr.max_actors=8",
+                                   "asr.concurrent_batches=2"])
+    assert per_batch.write.tasks(per_batch.asr) == 16
+    assert load_config(None, ["write.max_tasks=5", "write.rows_per_file=0"]).write.tasks(cfg.asr) == 5
+    with pytest.raises(ConfigError, match="write.max_tasks"):
+        load_config(None, ["write.max_tasks=0"])
