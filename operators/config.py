@@ -317,7 +317,6 @@ class WriteConfig(_Section):
                                "few hundred files). Each file is whole or absent: a killed run redoes at "
                                "most the rows not yet in a finished file. 0: one file per ASR batch.")
 
-
     def tasks(self, asr: "ASRConfig") -> int:
         """write.max_tasks resolved: with a file per ASR batch (rows_per_file 0) writes come as often as
         batches, so one writer per batch in flight across the ASR pool."""

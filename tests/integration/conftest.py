@@ -86,6 +86,18 @@ def put(s3: LocalS3, uri: str, data: bytes | str) -> None:
     s3.filesystem().pipe(uri.removeprefix("s3://"), data.encode() if isinstance(data, str) else data)
 
 
+def upload_corpus(s3: LocalS3, prefix: str, copies: int = 1) -> list[str]:
+    """`copies` of the demo corpus under prefix/in/c<copy>/ with a manifest.jsonl; their audio ids."""
+    rows = []
+    for c in range(copies):
+        for e in corpus():
+            uri = f"c{c}/{e['uri']}"
+            put(s3, f"{prefix}/in/{uri}", clip_bytes(e))
+            rows.append({"audio_id": f"{e['audio_id']}-{c}", "uri": uri})
+    put(s3, f"{prefix}/in/manifest.jsonl", jsonl(rows))
+    return [r["audio_id"] for r in rows]
+
+
 def jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(r) + "\n" for r in rows)
 

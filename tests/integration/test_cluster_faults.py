@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.integration.conftest import ROOT, clip_bytes, corpus, jsonl, local_cluster_process, put, read_output
+from tests.integration.conftest import ROOT, local_cluster_process, read_output, upload_corpus
 
 pytestmark = pytest.mark.integration
 
@@ -26,12 +26,7 @@ def cluster(s3):
 
 
 def _start_job(cluster, s3, prefix) -> tuple[subprocess.Popen, list[str]]:
-    rows = []
-    for c in range(2):
-        for e in corpus():
-            put(s3, f"{prefix}/in/c{c}/{e['uri']}", clip_bytes(e))
-            rows.append({"audio_id": f"{e['audio_id']}-{c}", "uri": f"c{c}/{e['uri']}"})
-    put(s3, f"{prefix}/in/manifest.jsonl", jsonl(rows))
+    ids = upload_corpus(s3, prefix, copies=2)
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_ADDRESS": cluster["address"]}
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipelines.transcribe", "--config", "configs/demo.yaml", "--input",
@@ -40,7 +35,7 @@ def _start_job(cluster, s3, prefix) -> tuple[subprocess.Popen, list[str]]:
          "--set", "asr.files_per_batch=2", "--set", "decode.batch_size=2", "--set", "decode.num_cpus=0.5",
          "--set", "write.rows_per_file=2", "--set", "ray.progress_bars=false"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    return proc, [r["audio_id"] for r in rows]
+    return proc, ids
 
 
 def _wait_for_output(s3, prefix, proc, timeout=180) -> None:

@@ -12,10 +12,9 @@ from __future__ import annotations
 import pytest
 
 from pipelines.transcribe import run
-from tests.integration.conftest import clip_bytes, corpus, job_config, jsonl, put, read_output
+from tests.integration.conftest import job_config, read_output, upload_corpus
 
 pytestmark = pytest.mark.integration
-
 
 
 def _decode_actors_created() -> int:
@@ -27,13 +26,7 @@ def _decode_actors_created() -> int:
 
 
 def test_the_decode_pool_grows_to_the_cores_left_after_the_asr_actor(s3, ray_cluster, prefix):
-    rows = []
-    for c in range(4):                                   # 80 files, 20 decode calls of 4
-        for e in corpus():
-            uri = f"c{c}/{e['uri']}"
-            put(s3, f"{prefix}/in/{uri}", clip_bytes(e))
-            rows.append({"audio_id": f"{e['audio_id']}-{c}", "uri": uri})
-    put(s3, f"{prefix}/in/manifest.jsonl", jsonl(rows))
+    ids = upload_corpus(s3, prefix, copies=4)           # 80 files, 20 decode calls of 4
     before = _decode_actors_created()
     # the capacity benchmark's sizes: two decode actors (0.75 CPU each) fit beside the ASR actor (0.25)
     # and write tasks (0.1) on 2 CPUs; decode_placement's limit is 2
@@ -42,6 +35,6 @@ def test_the_decode_pool_grows_to_the_cores_left_after_the_asr_actor(s3, ray_clu
                             "write.num_cpus=0.1", "write.rows_per_file=0"))
     created = _decode_actors_created() - before
     out = read_output(s3, result["output"])
-    assert sorted(r["audio_id"] for r in out) == sorted(r["audio_id"] for r in rows)
-    assert result["ok"] == len(rows)
+    assert sorted(r["audio_id"] for r in out) == sorted(ids)
+    assert result["ok"] == len(ids)
     assert created == 2, f"{created} decode actor(s) started for 20 decode calls on 2 CPUs"

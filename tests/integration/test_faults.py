@@ -15,20 +15,9 @@ import pytest
 from pipelines.local_s3 import READ_ONLY_KEY, READ_ONLY_SECRET
 from pipelines.transcribe import JobFailed, run
 from tests.fault_proxy import FaultProxy
-from tests.integration.conftest import ROOT, clip_bytes, corpus, job_config, jsonl, put, read_output
+from tests.integration.conftest import ROOT, job_config, read_output, upload_corpus
 
 pytestmark = pytest.mark.integration
-
-
-def _upload(s3, prefix: str, copies: int = 1) -> list[str]:
-    rows = []
-    for c in range(copies):
-        for e in corpus():
-            uri = f"c{c}/{e['uri']}"
-            put(s3, f"{prefix}/in/{uri}", clip_bytes(e))
-            rows.append({"audio_id": f"{e['audio_id']}-{c}", "uri": uri})
-    put(s3, f"{prefix}/in/manifest.jsonl", jsonl(rows))
-    return [r["audio_id"] for r in rows]
 
 
 def _exactly_once_all_ok(s3, out_uri: str, ids: list[str]) -> list[dict]:
@@ -46,7 +35,7 @@ def _cfg(prefix, *overrides, **fields):
 
 
 def test_thirty_percent_of_gets_answered_503_slowdown(s3, ray_cluster, prefix):
-    ids = _upload(s3, prefix, copies=3)                       # 60 files
+    ids = upload_corpus(s3, prefix, copies=3)                       # 60 files
     with FaultProxy(s3.endpoint, seed=1) as proxy:
         proxy.add("slowdown", fraction=0.3, methods=("GET", "HEAD"))
         result = run(_cfg(prefix, f"input.storage_options.endpoint_url={proxy.endpoint}",
@@ -60,7 +49,7 @@ def test_thirty_percent_of_gets_answered_503_slowdown(s3, ray_cluster, prefix):
 def test_s3_server_down_for_20_s_mid_run(s3, ray_cluster, prefix):
     """SIGKILL the S3 server once the first files are written, start it again 20 s later (same data
     and ports; it takes ~15 s more to answer): fetches and writes wait it out, the job finishes."""
-    ids = _upload(s3, prefix)
+    ids = upload_corpus(s3, prefix)
     events: dict = {}
 
     def outage():
@@ -103,7 +92,7 @@ def test_s3_server_down_for_20_s_mid_run(s3, ray_cluster, prefix):
 
 
 def test_output_refusing_writes_fails_in_one_line_then_a_rerun_completes(s3, ray_cluster, prefix):
-    ids = _upload(s3, prefix)
+    ids = upload_corpus(s3, prefix)
     read_only = {"key": READ_ONLY_KEY, "secret": READ_ONLY_SECRET}
     bad = _cfg(prefix, **{"output.storage_options": read_only})
     with pytest.raises(JobFailed) as info:
@@ -117,7 +106,7 @@ def test_output_refusing_writes_fails_in_one_line_then_a_rerun_completes(s3, ray
 
 
 def test_wrong_credentials_exit_2_before_ray_naming_their_source(s3, prefix):
-    _upload(s3, prefix)
+    upload_corpus(s3, prefix)
     secret = "wrong-secret-do-not-print-4242"
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "WRONGKEY9876", "AWS_SECRET_ACCESS_KEY": secret}
     r = subprocess.run([sys.executable, "-m", "pipelines.transcribe", "--config", "configs/demo.yaml",
@@ -134,7 +123,7 @@ def test_wrong_credentials_exit_2_before_ray_naming_their_source(s3, prefix):
 def test_transient_rows_are_retried_by_a_plain_rerun(s3, ray_cluster, prefix):
     """Every GET refused past a tiny retry budget: rows become `transient` errors, not done; once
     the storage is back, the same command transcribes them, each id still once."""
-    ids = _upload(s3, prefix)
+    ids = upload_corpus(s3, prefix)
     with FaultProxy(s3.endpoint) as proxy:
         proxy.add("refuse", methods=("GET", "HEAD"), paths=(".flac",))
         first = run(_cfg(prefix, f"input.storage_options.endpoint_url={proxy.endpoint}",
