@@ -23,6 +23,7 @@ from operators import storage
 from operators.config import SAMPLE_RATE, DecodeConfig, JobConfig
 from operators.retry import TRANSIENT_KIND, RetriesExhausted
 from operators.schema import DECODED_SCHEMA, ERROR, OK, TASK_COLUMNS, error_text
+from operators.audio.pcm import pcm16_float, pcm16_samples
 from operators.audio.segment import plan_block
 from operators.audio.vad import on_actor
 from operators.io.sources import split_source_error
@@ -31,7 +32,6 @@ BLOCK_S = 30  # seconds of source audio read per block
 # a source in one of these at 16 kHz mono is read as its own int16 samples (decode_pcm16): exact, and no
 # float round trip (to_pcm16 was ~7 % of decode's CPU on the corpus)
 _PCM16_SUBTYPES = ("PCM_16", "PCM_S8", "PCM_U8")
-_PCM_SCALE = np.float32(32767.0)  # the rows' int16 <-> float scale (operators.asr.features.PCM_SCALE)
 
 
 class AudioError(Exception):
@@ -247,20 +247,8 @@ def _decode(data: bytes | None, cfg: DecodeConfig | None, pcm16: bool) -> np.nda
         return _decode_av(data, limits)
 
 
-def pcm16_samples(audio: np.ndarray) -> np.ndarray:
-    """float in [-1, 1] -> int16 (scale 32767, clipped, rounded half to even)."""
-    x = np.multiply(audio, _PCM_SCALE, dtype=np.float32)
-    np.clip(x, -_PCM_SCALE, _PCM_SCALE, out=x)
-    return np.rint(x, out=x).astype("<i2")
-
-
 def to_pcm16(audio: np.ndarray) -> bytes:
     return pcm16_samples(audio).tobytes()
-
-
-def pcm16_float(samples: np.ndarray) -> np.ndarray:
-    """int16 -> float32, the inverse of pcm16_samples (what the ASR actor computes from the row)."""
-    return np.divide(samples, _PCM_SCALE, dtype=np.float32)
 
 
 def from_pcm16(data: bytes) -> np.ndarray:
@@ -318,9 +306,8 @@ def decode_batch(batch: pa.Table, cfg: JobConfig, detector=None) -> pa.Table:
     later = on_actor(cfg.segment)  # segment.vad_on actor: the whole audio goes, the actor finds speech
     if later:                      # and plans
         plans, vad_cpu = [None] * len(pcms), 0.0
-    else:  # the detector and planner hear what the ASR actor will (pcm16_float); kept is cut from pcm16
-        samples = list(pcms.values())
-        plans, vad_cpu, _ = plan_block([pcm16_float(p) for p in samples], cfg.segment, detector, samples)
+    else:  # the detector and planner take the int16 samples and hear what the ASR actor will
+        plans, vad_cpu, _ = plan_block(list(pcms.values()), cfg.segment, detector)  # (pcm16_float)
     carry: list[np.ndarray | None] = [None] * len(out)   # each row's pcm16 samples
     for i, plan in zip(pcms, plans):
         rec = out[i]

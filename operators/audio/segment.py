@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 
+from operators.audio.pcm import as_float, peak
 from operators.config import SAMPLE_RATE, SegmentConfig
 
 SMOOTH_S = 0.2
@@ -74,14 +75,16 @@ def plan_speech(audio: np.ndarray, cfg: SegmentConfig, probs: np.ndarray | None
                 ) -> tuple[list[int], list[int], list[int], list[int]]:
     """(speech_start, speech_end, seg_start, seg_end): the file ranges kept (sorted, disjoint), and
     the segments as offsets into those ranges joined end to end. `probs` None keeps everything and
-    cuts with `plan_segments` (segment.vad: none). Silent or speechless audio: all empty."""
+    cuts with `plan_segments` (segment.vad: none). Silent or speechless audio: all empty. `audio` may be
+    int16 samples: only what is cut by energy is converted (pcm.as_float), as the ASR actor hears it."""
     n = len(audio)
-    if n == 0 or float(np.max(np.abs(audio))) < cfg.silence_peak:
+    if n == 0 or peak(audio) < cfg.silence_peak:
         return [], [], [], []
     max_len = int((cfg.max_segment_s or DEFAULT_MAX_S) * SAMPLE_RATE)
     target = min(max_len, int((cfg.target_segment_s or cfg.max_segment_s or DEFAULT_MAX_S) * SAMPLE_RATE))
     if probs is None:  # no pauses known: cut at the quietest point before the target
-        starts, ends = plan_segments(audio, cfg.model_copy(update={"max_segment_s": target / SAMPLE_RATE}))
+        starts, ends = plan_segments(as_float(audio),
+                                     cfg.model_copy(update={"max_segment_s": target / SAMPLE_RATE}))
         return [0], [n], starts, ends
     from operators.audio.vad import speech_regions
 
@@ -93,7 +96,7 @@ def plan_speech(audio: np.ndarray, cfg: SegmentConfig, probs: np.ndarray | None
         if e - s <= target:
             units.append((s, e, True))
         else:
-            cs, ce = plan_segments(audio[s:e], inner)
+            cs, ce = plan_segments(as_float(audio[s:e]), inner)
             units += [(s + a, s + b, False) for a, b in zip(cs, ce)]
     speech_start, speech_end, seg_start, seg_end = [], [], [], []
     at = 0            # offset in the kept audio
@@ -120,8 +123,9 @@ def plan_block(audios: list[np.ndarray], cfg: SegmentConfig, detector,
     """Voice activity over a block's files at once (`detector`, an operators.audio.vad detector; None
     keeps all audio) and each file's plan: per audio `(spans, kept)` (spans as `plan_speech` returns
     them, kept: the audio at the kept ranges, joined; cut from `samples`, the same audio in another
-    form such as its int16, where given) or the exception its planning raised; then the detector's CPU
-    seconds (this thread's) and wall seconds."""
+    form, where given) or the exception its planning raised; then the detector's CPU seconds (this
+    thread's) and wall seconds. `audios` may be float32 or int16 samples (decode's: the detector and
+    planner convert only what they read, never a float copy of the whole block)."""
     probs, vad_cpu, vad_s = [None] * len(audios), 0.0, 0.0
     if detector is not None and audios:
         t0, c0 = time.perf_counter(), time.thread_time()

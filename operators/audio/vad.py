@@ -28,6 +28,7 @@ import threading
 
 import numpy as np
 
+from operators.audio.pcm import as_float, pcm16_float
 from operators.config import SAMPLE_RATE, SegmentConfig
 
 WINDOW = 512                 # samples per decision (32 ms)
@@ -133,21 +134,16 @@ class SileroVAD:
         self.windows_run = self.windows_seen = 0   # model windows evaluated (warm-up included) / heard
 
     def probs(self, audios: list[np.ndarray]) -> list[np.ndarray]:
-        """Per file, the speech probability of each whole or partial 512-sample window."""
-        padded, out = [], []
-        for audio in audios:
-            n_win = -(-len(audio) // WINDOW)
-            x = np.zeros((n_win + WARM_WINDOWS) * WINDOW, np.float32)
-            x[WARM_WINDOWS * WINDOW: WARM_WINDOWS * WINDOW + len(audio)] = audio
-            padded.append(x)
-            out.append(np.zeros(n_win, np.float32))
+        """Per file, the speech probability of each whole or partial 512-sample window. `audios`: float32,
+        or int16 samples (pcm.pcm16_float's scale), of which only what the model hears is converted."""
+        out = [np.zeros(-(-len(a) // WINDOW), np.float32) for a in audios]
         self.windows_seen += sum(len(p) for p in out)
         if not self.gate:
-            self._run(padded, out, [(f, 0, len(p), WARM_WINDOWS) for f, p in enumerate(out)])
+            self._run(audios, out, [(f, 0, len(p), WARM_WINDOWS) for f, p in enumerate(out)])
             return out
-        stretches = [self._stretches(x[WARM_WINDOWS * WINDOW:], len(p)) for x, p in zip(padded, out)]
+        stretches = [self._stretches(a, len(p)) for a, p in zip(audios, out)]
         # pass 1: the probes of every stretch of every file, one batch
-        self._run(padded, out, [(f, a, b, PROBE_WARM) for f, st in enumerate(stretches) for _, _, _, at in st
+        self._run(audios, out, [(f, a, b, PROBE_WARM) for f, st in enumerate(stretches) for _, _, _, at in st
                                 for a, b in at])
         # pass 2: a stretch whose probes agree takes their answer; any other runs densely
         dense = []
@@ -163,17 +159,15 @@ class SileroVAD:
                     p[s:e] = 0.0       # quiet, and no speech at any probe
                 else:
                     dense.append((f, s, e, WARM_WINDOWS))
-        self._run(padded, out, dense)
+        self._run(audios, out, dense)
         return out
 
     def _stretches(self, x: np.ndarray, n: int) -> list[tuple[int, int, bool, list[tuple[int, int]]]]:
-        """One file cut at its long quiet stretches: (first window, end window, quiet, probes);
-        a quiet stretch far below the loud level gets no probe."""
+        """One file (`n` windows) cut at its long quiet stretches: (first window, end window, quiet,
+        probes); a quiet stretch far below the loud level gets no probe."""
         if n == 0:
             return []
-        w = x[: n * WINDOW].reshape(n, WINDOW)
-        # mean square per window without a squared copy of the file (einsum: ~4x less CPU than square+mean)
-        level = 10 * np.log10(np.einsum("ij,ij->i", w, w) / np.float32(WINDOW) + 1e-12)
+        level = 10 * np.log10(window_power(x) + 1e-12)
         floor, loud = np.percentile(level, [10, 99])
         qs, qe = _runs(level < max(floor + QUIET_DB, loud - QUIET_RANGE_DB))
         long = qe - qs >= self.long_quiet
@@ -194,41 +188,74 @@ class SileroVAD:
             out.append((s, e, quiet, at))
         return out
 
-    def _run(self, padded: list[np.ndarray], out: list[np.ndarray], spans) -> None:
+    def _run(self, audios: list[np.ndarray], out: list[np.ndarray], spans) -> None:
         """The model over (file, first window, end window, warm-up windows) spans, in pieces of at most
-        CHUNK_WINDOWS, each preceded by its warm-up audio (zeros before the file); all pieces of all
-        files batched, pieces of like length in one call."""
+        CHUNK_WINDOWS, each preceded by its warm-up audio (zeros before the file; the last window
+        zero-padded); all pieces of all files batched, pieces of like length in one call. Each piece is
+        copied (int16: converted) from its file straight into the call's input."""
         torch = self._torch
-        pieces, where = [], []
+        pieces = []   # (file, first window, end window, warm-up windows)
         for f, w0, w1, warm in spans:
             for a in range(w0, w1, CHUNK_WINDOWS):
-                b = min(w1, a + CHUNK_WINDOWS)
-                pieces.append(padded[f][(a + WARM_WINDOWS - warm) * WINDOW: (b + WARM_WINDOWS) * WINDOW])
-                where.append((f, a, b, warm))
+                pieces.append((f, a, min(w1, a + CHUNK_WINDOWS), warm))
         if not pieces:
             return
-        self.windows_run += sum(len(p) for p in pieces) // WINDOW
-        order = sorted(range(len(pieces)), key=lambda k: len(pieces[k]))
+        sizes = [(b - a + warm) * WINDOW for _, a, b, warm in pieces]
+        self.windows_run += sum(sizes) // WINDOW
+        order = sorted(range(len(pieces)), key=sizes.__getitem__)
         short = 2 * (PROBE_WARM + PROBE_WINDOWS) * WINDOW
         with torch.inference_mode():
             at = 0
             while at < len(order):
                 # probes (short pieces) go 8 times as many to a call: the same few MB of input; a call
                 # never mixes them with long pieces (each row is padded to the call's longest)
-                end = min(len(order), at + PIECES_PER_CALL * (8 if len(pieces[order[at]]) <= short else 1))
-                while end - at > PIECES_PER_CALL and len(pieces[order[end - 1]]) > short:
+                end = min(len(order), at + PIECES_PER_CALL * (8 if sizes[order[at]] <= short else 1))
+                while end - at > PIECES_PER_CALL and sizes[order[end - 1]] > short:
                     end -= 1
                 group = order[at:end]
                 at = end
-                x = np.zeros((len(group), max(len(pieces[k]) for k in group)), np.float32)
+                x = np.zeros((len(group), max(sizes[k] for k in group)), np.float32)
                 for row, k in enumerate(group):
-                    x[row, :len(pieces[k])] = pieces[k]
+                    f, a, b, warm = pieces[k]
+                    audio, s0 = audios[f], (a - warm) * WINDOW     # the piece's first sample in its file
+                    lo, hi = max(0, s0), min(len(audio), b * WINDOW)
+                    if hi > lo:
+                        _copy_float(audio[lo:hi], x[row, lo - s0: hi - s0])
                 with self._lock:  # the model keeps its recurrent state on itself: one call at a time
                     self.model.reset_states()
                     p = self.model.audio_forward(torch.from_numpy(x).to(self.device), SAMPLE_RATE).numpy()
                 for row, k in enumerate(group):
-                    f, a, b, warm = where[k]
+                    f, a, b, warm = pieces[k]
                     out[f][a:b] = p[row, warm: warm + (b - a)]
+
+
+def _copy_float(src: np.ndarray, dst: np.ndarray) -> None:
+    """src (float32, or int16 converted as pcm16_float does) into dst."""
+    if src.dtype == np.int16:
+        pcm16_float(src, out=dst)
+    else:
+        dst[:] = src
+
+
+def window_power(audio: np.ndarray, rows: int = 256) -> np.ndarray:
+    """Mean square per 512-sample window on the float scale (the last window zero-padded), for float32
+    audio or int16 samples (converted `rows` windows at a time, as pcm16_float does: no float copy of
+    the file), without a squared copy (einsum: ~4x less CPU than square+mean)."""
+    n = -(-len(audio) // WINDOW)
+    full = len(audio) // WINDOW
+    ss = np.empty(n, np.float32)
+    w = audio[: full * WINDOW].reshape(full, WINDOW)
+    buf = np.empty((min(rows, full), WINDOW), np.float32) if audio.dtype == np.int16 else None
+    for a in range(0, full, rows):
+        part = w[a: a + rows]
+        if buf is not None:
+            part = pcm16_float(part, out=buf[: len(part)])
+        ss[a: a + len(part)] = np.einsum("ij,ij->i", part, part)
+    if n > full:
+        last = np.zeros((1, WINDOW), np.float32)
+        _copy_float(audio[full * WINDOW:], last[0, : len(audio) - full * WINDOW])
+        ss[full] = np.einsum("ij,ij->i", last, last)[0]
+    return ss / np.float32(WINDOW)
 
 
 class EnergyVAD:
@@ -245,6 +272,7 @@ class EnergyVAD:
     def probs(self, audios: list[np.ndarray]) -> list[np.ndarray]:
         out = []
         for audio in audios:
+            audio = as_float(audio)
             n_win = -(-len(audio) // WINDOW)
             if n_win == 0:
                 out.append(np.zeros(0, np.float32))

@@ -553,3 +553,50 @@ def test_a_detector_that_fails_on_the_gpu_runs_on_the_actors_cpu(recording, sile
     st.detector, st.vad_where = _BrokenOnDevice(), "silero on ASR actor cpu"
     with pytest.raises(RuntimeError, match="illegal memory access"):
         st(whole)
+
+
+def _pcm16_cases(recording):
+    """int16 samples as decode carries them: the recording (music, long silences), a short file ending
+    inside a window, a file shorter than one window, and none."""
+    from operators.audio.pcm import pcm16_samples
+
+    audio = recording[0]
+    return [pcm16_samples(a) for a in (audio, audio[: 7 * SR + 123], audio[SR: SR + 300], audio[:0])]
+
+
+@needs_silero
+@pytest.mark.parametrize("gate", [True, False])
+def test_silero_on_int16_samples_hears_what_it_hears_on_their_float(recording, gate):
+    """decode hands the detector int16 samples and it converts only the pieces the model hears: the
+    probabilities are those of the whole files converted first (pcm16_float), to the bit."""
+    from operators.audio.pcm import pcm16_float
+
+    det = SileroVAD(gate=gate)
+    cases = _pcm16_cases(recording)
+    on_int16 = det.probs(cases)
+    on_float = det.probs([pcm16_float(x) for x in cases])
+    assert [len(p) for p in on_int16] == [-(-len(x) // WINDOW) for x in cases]
+    assert all(np.array_equal(a, b) for a, b in zip(on_int16, on_float))
+    assert on_int16[0].max() > 0.9 and on_int16[0].min() < 0.1   # speech and non-speech both there
+
+
+def test_energy_and_planner_on_int16_samples_match_their_float(recording):
+    """EnergyVAD, window levels and plan_speech (silence check, cuts by energy inside long regions)
+    take int16 samples and give what they give on pcm16_float of them."""
+    from operators.audio.pcm import pcm16_float, peak
+    from operators.audio.vad import window_power
+
+    cases = _pcm16_cases(recording)
+    floats = [pcm16_float(x) for x in cases]
+    for x, f in zip(cases, floats):
+        assert np.array_equal(window_power(x), window_power(f))
+        assert peak(x) == (float(np.abs(f).max()) if len(f) else 0.0)
+    assert peak(np.array([-32768, 5], np.int16)) == float(np.float32(32768) / np.float32(32767))
+    energy = EnergyVAD()
+    assert all(np.array_equal(a, b) for a, b in zip(energy.probs(cases), energy.probs(floats)))
+    cfg = CFG.model_copy(update={"min_silence_s": 30.0})   # regions over the target: cut by energy
+    for x, f in zip(cases, floats):
+        p = energy.probs([f])[0]
+        assert plan_speech(x, cfg, p) == plan_speech(f, cfg, p)
+        assert plan_speech(x, CFG, None) == plan_speech(f, CFG, None)
+    assert len(plan_speech(cases[0], cfg, energy.probs([floats[0]])[0])[2]) > 4
