@@ -143,18 +143,20 @@ class SileroVAD:
             return out
         stretches = [self._stretches(a, len(p)) for a, p in zip(audios, out)]
         # pass 1: the probes of every stretch of every file, one batch
-        self._run(audios, out, [(f, a, b, PROBE_WARM) for f, st in enumerate(stretches) for _, _, _, at in st
+        self._run(audios, out, [(f, a, b, PROBE_WARM) for f, st in enumerate(stretches) for _, _, _, at, _ in st
                                 for a, b in at])
         # pass 2: a stretch whose probes agree takes their answer; any other runs densely
         dense = []
         for f, st in enumerate(stretches):
             p = out[f]
-            for s, e, quiet, at in st:
+            for s, e, quiet, at, hush in st:
                 heard = [float(p[a:b].mean()) for a, b in at]
                 if not heard and quiet:
                     p[s:e] = 0.0       # far below the file's loud level: nothing to hear
                 elif heard and not quiet and min(heard) >= self.threshold:
                     p[s:e] = 1.0       # sound, and speech at every probe
+                    for a, b in hush:  # but its quiet end (a pause too short to cut the stretch at)
+                        p[a:b] = 0.0
                 elif heard and quiet and max(heard) < self.threshold - 0.15:
                     p[s:e] = 0.0       # quiet, and no speech at any probe
                 else:
@@ -162,14 +164,19 @@ class SileroVAD:
         self._run(audios, out, dense)
         return out
 
-    def _stretches(self, x: np.ndarray, n: int) -> list[tuple[int, int, bool, list[tuple[int, int]]]]:
+    def _stretches(self, x: np.ndarray, n: int) -> list[tuple[int, int, bool, list, list]]:
         """One file (`n` windows) cut at its long quiet stretches: (first window, end window, quiet,
-        probes); a quiet stretch far below the loud level gets no probe."""
+        probes, hush); a quiet stretch far below the loud level gets no probe. In a sounding stretch, a
+        `PROBE_EVERY` block whose loudest window is quiet (the stretch's quiet end: a pause shorter than
+        a long quiet one, at the file's end or before a long quiet stretch) gets no probe either: its
+        windows are `hush` (no speech) where the probes find speech; a probe there would hear silence
+        and send the whole stretch to the model, window by window."""
         if n == 0:
             return []
         level = 10 * np.log10(window_power(x) + 1e-12)
         floor, loud = np.percentile(level, [10, 99])
-        qs, qe = _runs(level < max(floor + QUIET_DB, loud - QUIET_RANGE_DB))
+        hushed = max(floor + QUIET_DB, loud - QUIET_RANGE_DB)
+        qs, qe = _runs(level < hushed)
         long = qe - qs >= self.long_quiet
         edges = sorted({0, n, *qs[long].tolist(), *qe[long].tolist()})
         quiet_starts = set(qs[long].tolist())
@@ -178,14 +185,17 @@ class SileroVAD:
             quiet = s in quiet_starts
             lv = level[s:e]
             if quiet and lv.max() < loud - QUIET_RANGE_DB:
-                out.append((s, e, True, []))
+                out.append((s, e, True, [], []))
                 continue
-            at = []
+            at, hush = [], []
             for c in range(s, e, PROBE_EVERY):   # the loudest window of each PROBE_EVERY
                 m = c + int(np.argmax(lv[c - s: c - s + PROBE_EVERY]))
+                if not quiet and lv[m - s] < hushed:
+                    hush.append((c, min(e, c + PROBE_EVERY)))
+                    continue
                 a = min(max(s, m - PROBE_WINDOWS // 2), max(s, e - PROBE_WINDOWS))
                 at.append((a, min(e, a + PROBE_WINDOWS)))
-            out.append((s, e, quiet, at))
+            out.append((s, e, quiet, at, hush))
         return out
 
     def _run(self, audios: list[np.ndarray], out: list[np.ndarray], spans) -> None:

@@ -13,7 +13,7 @@ from operators.config import JobConfig, SegmentConfig
 from operators.audio.decode import decode_audio, decode_batch, from_pcm16
 from operators.audio.segment import file_bounds, plan_segments, plan_speech
 from operators.io.sources import source_table
-from operators.audio.vad import WINDOW, EnergyVAD, SileroVAD, resolve_method, silero_available, speech_regions
+from operators.audio.vad import PROBE_EVERY, WINDOW, EnergyVAD, SileroVAD, resolve_method, silero_available, speech_regions
 from pipelines import demo_corpus
 
 SR = 16_000
@@ -600,3 +600,29 @@ def test_energy_and_planner_on_int16_samples_match_their_float(recording):
         assert plan_speech(x, cfg, p) == plan_speech(f, cfg, p)
         assert plan_speech(x, CFG, None) == plan_speech(f, CFG, None)
     assert len(plan_speech(cases[0], cfg, energy.probs([floats[0]])[0])[2]) > 4
+
+
+@needs_silero
+def test_a_short_quiet_end_does_not_send_the_file_to_the_model_window_by_window(silero, silero_full):
+    """Files ending in a pause shorter than a long quiet one (0.5 s of digital silence after the last
+    sentence, as ~4 % of the capacity corpus does): the probe of that last quiet block used to hear
+    silence and run the whole file densely (half the model's CPU on that corpus). Its windows are
+    now no speech without the model; the regions stay silero_full's."""
+    clips = [demo_corpus.load(e) for e in demo_corpus.entries()]
+    pause = np.zeros(16 * WINDOW, np.float32)
+    files = []
+    for k in range(6):   # speech cut to end 8 windows before a PROBE_EVERY block
+        speech = np.concatenate([clips[k % len(clips)], pause, clips[(k + 3) % len(clips)]])
+        blocks = len(speech) // (PROBE_EVERY * WINDOW)
+        files.append(np.concatenate([speech[: (blocks * PROBE_EVERY - 8) * WINDOW], pause]))
+    silero.windows_run = silero.windows_seen = 0
+    mine = silero.probs(files)
+    assert silero.windows_run <= 0.15 * silero.windows_seen, silero.windows_run / silero.windows_seen
+    theirs = silero_full.probs(files)
+    for audio, p, q in zip(files, mine, theirs):
+        a, b = speech_regions(p, len(audio), CFG), speech_regions(q, len(audio), CFG)
+        assert len(a) == len(b) and all(abs(x - y) <= CFG.pad_s * SR and abs(u - v) <= CFG.pad_s * SR
+                                        for (x, u), (y, v) in zip(a, b)), (a, b)
+        assert q[-5:].max() < 0.1                      # the model hears no speech in the quiet end
+    # where the last block fell in the quiet end (blocks count from the stretch's start), no speech
+    assert sum(p[-5:].max() == 0.0 for p in mine) >= 3
