@@ -384,6 +384,12 @@ def model_dtype(ctx: Ctx):
     return torch.float32 if ctx.dry else torch.bfloat16
 
 
+def cuda_index(dev) -> int:
+    """The device's ordinal: some torch.cuda calls (set_per_process_memory_fraction) refuse a bare "cuda"."""
+    torch = _torch()
+    return dev.index if dev.index is not None else torch.cuda.current_device()
+
+
 def sync(dev) -> None:
     torch = _torch()
     if dev.type == "cuda":
@@ -975,7 +981,7 @@ def phase_long(ctx: Ctx) -> None:
             cap_bytes = (p128 + p256) / 2 * 2**30
             fraction = cap_bytes / total
             free_cache(dev)
-            torch.cuda.set_per_process_memory_fraction(fraction, dev)
+            torch.cuda.set_per_process_memory_fraction(fraction, cuda_index(dev))
             rec["memory_fraction"] = round(fraction, 4)
             rec["cap_gib"] = round(cap_bytes / 2**30, 2)
         else:
@@ -1003,7 +1009,7 @@ def phase_long(ctx: Ctx) -> None:
             rec["calls"] = counter.calls[:40]
             rec["call_count"] = len(counter.calls)
         if fraction is not None:
-            torch.cuda.set_per_process_memory_fraction(1.0, dev)
+            torch.cuda.set_per_process_memory_fraction(1.0, cuda_index(dev))
     ctx.save()
 
 
