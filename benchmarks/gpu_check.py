@@ -12,7 +12,7 @@ On a CPU, `--dry-run` runs every phase with the tiny random model and small batc
 Each phase runs in its own subprocess of this script (`--phase NAME`) under its own time cap, so a
 hang, an out-of-memory error or a sticky CUDA error in one cannot take the others down; after every
 phase DIR/gpu_check.json is rewritten with what is known so far (a phase's partial figures included),
-and a short table is printed at the end. Caps sum to 410 s (about 7 minutes on an H100/H200):
+and a short table is printed at the end. Caps sum to 470 s (about 8 minutes on an H100/H200):
 
     preflight   versions, GPU, memory, TF32 flags, attention kernels, resolve_backend("auto")
     model       the full-size 2.25B NAR, random weights, bf16, batch 128, on production-like (20-32 s)
@@ -31,6 +31,9 @@ and a short table is printed at the end. Caps sum to 410 s (about 7 minutes on a
     vad         silero (gated) and silero_full on one CPU thread and on CUDA over an hour of speech
                 with pauses (segment.vad_on actor): seconds and host CPU per audio-hour, the share of a
                 GPU at 4000x, regions against the CPU's (needs the silero-vad wheel: make gpu-deps)
+    stage_vad   segment.vad_on decode vs actor through the ASR stage on the same two hours of those
+                recordings: RTFx over the whole audio, the actor's voice-activity seconds, the decode
+                side's planning CPU, same segments and text (decides whether vad_on auto -> actor pays)
 
 Figures to compare with (batch 128): IBM's model card ~1820 RTFx on one H100; the fastest public
 port ~3935 on an H100 and ~3951 on an H200 (torch.compile over length buckets).
@@ -65,11 +68,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-# (phase, cap in seconds on a GPU); they sum to 410 s
+# (phase, cap in seconds on a GPU); they sum to 470 s
 PHASES = (("preflight", 20), ("model", 95), ("backend", 45), ("long", 60), ("invariance", 45),
-          ("precision", 35), ("tests", 40), ("stage", 40), ("vad", 30))
+          ("precision", 35), ("tests", 40), ("stage", 40), ("vad", 30), ("stage_vad", 60))
 DRY_CAP_S = 60          # per phase in --dry-run (the whole dry run takes well under a minute and a half)
-BUDGET_S = 440          # the parent never starts a phase past this (caps shrink to what is left)
+BUDGET_S = 500          # the parent never starts a phase past this (caps shrink to what is left)
 REFERENCE_RTFX = {
     "ibm_model_card_h100_batch128": 1820,
     "fastest_public_port_h100": 3935,
@@ -1320,6 +1323,95 @@ def phase_vad(ctx: Ctx) -> None:
             vad.PIECES_PER_CALL = shipped
         ctx.save()
     del np
+
+
+def phase_stage_vad(ctx: Ctx) -> None:
+    """segment.vad_on decode against actor, side by side through the ASR stage on the same recordings
+    (speech with pauses, long silences, music: vad_audio): `decode` rows come planned by silero (gated)
+    on one CPU thread, as a decode worker plans them (that CPU is timed apart), carrying only the kept
+    audio; `actor` rows come whole and unplanned and the stage finds speech on its own device (CUDA on
+    a GPU) before the model. Each path twice, alternated, from concurrent_batches threads: wall, RTFx
+    over the files' whole audio, the actor's CPU, the voice activity's seconds on the actor, and
+    whether both paths gave the same segments and text. Decides whether vad_on auto -> actor pays."""
+    torch = _torch()
+    if sys.modules.get("silero_vad", 0) is None:   # refused for the other phases; this one needs it
+        del sys.modules["silero_vad"]
+    import numpy as np
+    import pyarrow as pa
+
+    from operators.audio import vad
+    from operators.audio.segment import plan_block
+    from operators.schema import DECODED_SCHEMA, OK
+
+    r = ctx.result
+    if not vad.silero_available():
+        r["skipped"] = "silero-vad is not installed here: carry its wheel (make gpu-deps)"
+        return
+    batch = 4 if ctx.dry else 128
+    per_call = 2 if ctx.dry else 20
+    dev, _, _, _, backend = random_backend(ctx, batch)
+    files, r["audio"] = vad_audio(ctx, 0.1 if ctx.dry else 2.0)
+    if ctx.dry:
+        files = [a[: 20 * SR] for a in files]
+    secs = sum(len(a) for a in files) / SR
+    seg_doc = {"vad": "silero", "target_segment_s": 30.0, "max_segment_s": 30.0}
+    jobs = {where: job_config(batch_size=batch, files_per_batch=per_call, concurrent_batches=3,
+                              num_gpus=0 if ctx.dry else 1, model={"device": "cpu" if ctx.dry else "cuda"})
+            for where in ("decode", "actor")}
+    jobs = {w: j.model_copy(update={"segment": j.segment.model_copy(update={**seg_doc, "vad_on": w})})
+            for w, j in jobs.items()}
+    i16 = [np.frombuffer(pcm16(a), "<i2") for a in files]   # what decode holds and the actor receives
+    det = vad.make_detector("silero", jobs["decode"].segment, device="cpu", threads=1)
+    det.probs([i16[0][: 20 * SR]] * 2)   # warm-up
+    t, c = time.perf_counter(), time.thread_time()
+    plans, vad_cpu, _ = plan_block(i16, jobs["decode"].segment, det)
+    plan_wall, plan_cpu = time.perf_counter() - t, time.thread_time() - c
+    r.update(files=len(files), audio_s=round(secs, 1), batch_size=batch, files_per_call=per_call,
+             decode_plan_cpu_s_per_audio_hour=round(plan_cpu / secs * 3600, 4),
+             decode_vad_cpu_s_per_audio_hour=round(vad_cpu / secs * 3600, 4),
+             decode_plan_wall_s=round(plan_wall, 3), kept_fraction=round(
+                 sum(len(p[1]) for p in plans if not isinstance(p, Exception)) / (secs * SR), 4))
+
+    def row(i, samples, spans=None):
+        ss, se, gs, ge = spans if spans else (None, None, [], [])
+        return {"audio_id": f"v{i:03d}", "source_uri": f"mem://v{i:03d}.wav", "reference": None,
+                "language": None, "duration_s": len(files[i]) / SR, "pcm16": samples.tobytes(), "seg_start": gs,
+                "seg_end": ge, "speech_start": ss, "speech_end": se, "status": OK, "error": None}
+
+    rows = {"decode": [row(i, p[1], p[0]) for i, p in enumerate(plans)],
+            "actor": [row(i, a) for i, a in enumerate(i16)]}
+    tables = {w: [pa.Table.from_pylist(rs[s:s + per_call], schema=DECODED_SCHEMA)
+                  for s in range(0, len(rs), per_call)] for w, rs in rows.items()}
+    stages = {w: make_stage(ctx, j, backend) for w, j in jobs.items()}
+    r["actor_vad_where"] = stages["actor"].vad_where
+    for w in stages:   # warm-up: first kernels, the detector's shapes
+        stages[w](tables[w][0])
+    sync(dev)
+    runs, texts = {"decode": [], "actor": []}, {}
+    for _ in range(2):
+        for w, stage in stages.items():
+            t = time.perf_counter()
+            with ThreadPoolExecutor(max_workers=jobs[w].asr.concurrent_batches) as pool:
+                outs = list(pool.map(stage, tables[w]))
+            sync(dev)
+            wall = time.perf_counter() - t
+            out = pa.concat_tables(outs)
+            runs[w].append({"wall_s": round(wall, 3), "rtfx": round(secs / wall, 1),
+                            "actor_cpu_s": perf_sum(out, "perf_asr_cpu_s"),
+                            "actor_vad_s": perf_sum(out, "perf_asr_vad_s"),
+                            "rows_ok": sum(s == OK for s in out.column("status").to_pylist())})
+            texts[w] = out.select(["audio_id", "text", "segments"]).to_pylist()
+            ctx.save()
+    r["runs"] = runs
+    best = {w: min(x["wall_s"] for x in v) for w, v in runs.items()}
+    r["rtfx_best"] = {w: round(secs / b, 1) for w, b in best.items()}
+    r["actor_over_decode_wall"] = round(best["actor"] / best["decode"], 4)
+    r["same_text_rate"] = round(sum(a["text"] == b["text"] for a, b in zip(texts["decode"], texts["actor"]))
+                                / max(1, len(files)), 4)
+    r["same_segments_rate"] = round(sum([(s["start_s"], s["end_s"]) for s in a["segments"] or []]
+                                        == [(s["start_s"], s["end_s"]) for s in b["segments"] or []]
+                                        for a, b in zip(texts["decode"], texts["actor"])) / max(1, len(files)), 4)
+    del torch
 
 
 # ==================================================================================================

@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 BLOCKED = ("ray", "soundfile", "soxr", "silero_vad", "av", "fsspec", "s3fs", "rapidfuzz")
-PHASES = ("preflight", "model", "backend", "long", "invariance", "precision", "tests", "stage", "vad")
+PHASES = ("preflight", "model", "backend", "long", "invariance", "precision", "tests", "stage", "vad", "stage_vad")
 
 sys.path.insert(0, str(ROOT))
 
@@ -108,6 +108,16 @@ def test_backend_long_and_stage_figures(dry_run):
         assert fig["wall_s_per_audio_hour"] > 0 and fig["host_cpu_s_per_audio_hour"] > 0
         assert 0 < fig["model_on_windows"] and 0 <= fig["kept_fraction"] <= 1
     assert vad["runs"]["cpu_silero_full"]["model_on_windows"] >= 1.0   # every window, and the warm-up
+    # vad_on decode vs actor through the stage: on a CPU both detectors are the same, so the same
+    # segments and text; the actor's rows carry its voice-activity seconds, decode's none
+    sv = doc["phases"]["stage_vad"]["result"]
+    assert "skipped" not in sv, sv
+    assert sv["same_segments_rate"] == 1.0 and sv["same_text_rate"] == 1.0, sv
+    assert 0 < sv["kept_fraction"] < 1 and sv["decode_vad_cpu_s_per_audio_hour"] > 0
+    for w in ("decode", "actor"):
+        assert len(sv["runs"][w]) == 2 and all(x["rows_ok"] == sv["files"] for x in sv["runs"][w])
+    assert all(x["actor_vad_s"] > 0 for x in sv["runs"]["actor"])
+    assert all(x["actor_vad_s"] == 0 for x in sv["runs"]["decode"])
 
 
 @pytest.mark.slow  # about a minute on the 2-core box (make test runs it)
