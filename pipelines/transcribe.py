@@ -159,9 +159,10 @@ def describe(cfg: JobConfig, info: dict, source: sources.Source, units: pa.Table
              "actors": f"{cfg.decode.min_actors}..{cfg.decode.max_actors or 'cluster CPUs'}"
              if cfg.decode.min_actors else None, "num_cpus": cfg.decode.num_cpus,
              "files_per_call": cfg.decode.batch_size, "max_duration_s": cfg.decode.max_duration_s,
-             "vad": seg.vad, "vad_on": (seg.vad_on if seg.vad_on == segment_config(cfg, True).vad_on else
-                                        f"{seg.vad_on} where decode shares the GPU nodes, else decode "
-                                        "(auto: decided when the job starts)"),
+             "vad": seg.vad, "vad_on": (seg.vad_on if seg.vad_on == segment_config(cfg, cpus_per_gpu=0).vad_on
+                                        else f"{seg.vad_on}, or actor where decode shares GPU nodes with under "
+                                        f"{vad.ACTOR_BELOW_CPUS_PER_GPU:g} CPUs per GPU (auto: decided when "
+                                        "the job starts)"),
              "segment_target_s": seg.target_segment_s,
              "segment_max_s": seg.max_segment_s},
             {"stage": "asr", "kind": "actor pool", "backend": a.backend, "model": info["model"],
@@ -235,7 +236,7 @@ def build(cfg: JobConfig, info: dict, source: sources.Source, units: pa.Table):
         per_block = max(cfg.decode.batch_size, math.ceil(units.num_rows / MAX_SOURCE_BLOCKS))
         ds = ray.data.from_arrow(_split(units, per_block))
 
-    cfg = cfg.model_copy(update={"segment": segment_config(cfg, decode_apart(cfg))})
+    cfg = cfg.model_copy(update={"segment": segment_config(cfg, decode_apart(cfg), gpu_node_cpus_per_gpu())})
     if cfg.decode.min_actors:
         compute, remote_args = decode_placement(cfg)
         ds = ds.map_batches(Decoder, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.decode.batch_size,
@@ -259,17 +260,18 @@ def build(cfg: JobConfig, info: dict, source: sources.Source, units: pa.Table):
     return ds
 
 
-def segment_config(cfg: JobConfig, decode_apart: bool = False) -> SegmentConfig:
+def segment_config(cfg: JobConfig, decode_apart: bool = False, cpus_per_gpu: float | None = None) -> SegmentConfig:
     """cfg.segment with the backend's segment lengths where the user left them empty and the voice
     activity method and place resolved here, on the driver (`auto`: silero where installed, else
-    energy; vad_on `auto`: the ASR actors where they take GPUs and decode shares their nodes,
-    vad.resolve_where; `decode_apart`: decode runs on CPU-only nodes, decode_apart())."""
+    energy; vad_on `auto`: the ASR actors where they take GPUs, decode shares their nodes and those
+    are short of CPUs, vad.resolve_where; `decode_apart`: decode runs on CPU-only nodes, decode_apart();
+    `cpus_per_gpu`: the GPU nodes' CPUs per GPU, gpu_node_cpus_per_gpu())."""
     try:
         method = vad.resolve_method(cfg.segment.vad)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     where = vad.resolve_where(cfg.segment.vad_on, method, cfg.asr.num_gpus, cfg.asr.model.device,
-                              decode_apart)
+                              decode_apart, cpus_per_gpu)
     target, longest = segment_lengths(cfg.asr.backend)
     return cfg.segment.for_backend(target, longest).model_copy(update={"vad": method, "vad_on": where})
 
@@ -282,6 +284,14 @@ def _nodes() -> tuple[list, list]:
     gpu_nodes = [n["NodeID"] for n in nodes if n["Resources"].get("GPU", 0) > 0]
     cpu_only = [n for n in nodes if not n["Resources"].get("GPU", 0) and n["Resources"].get("CPU", 0) > 0]
     return gpu_nodes, cpu_only
+
+
+def gpu_node_cpus_per_gpu() -> float | None:
+    """The alive GPU nodes' CPUs over their GPUs (None where the cluster has no GPU node yet)."""
+    import ray
+
+    gpu = [n["Resources"] for n in ray.nodes() if n.get("Alive") and n["Resources"].get("GPU", 0) > 0]
+    return sum(r.get("CPU", 0.0) for r in gpu) / sum(r["GPU"] for r in gpu) if gpu else None
 
 
 def decode_apart(cfg: JobConfig, nodes: tuple[list, list] | None = None) -> bool:

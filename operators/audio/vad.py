@@ -14,7 +14,8 @@ Two detectors give a speech probability per 32 ms window (512 samples):
 Where a detector runs (`segment.vad_on`, `resolve_where`): on the decode workers' CPUs (one thread),
 which then carry only the kept audio to the ASR actors; or on the ASR actor (`on_actor`), on its GPU
 where it has one (`detector_device`), which then receives the whole audio. `auto` picks the actor
-where the ASR actors take GPUs and decode shares their nodes.
+only where the ASR actors take GPUs, decode shares their nodes and those nodes are short of CPUs
+(ACTOR_BELOW_CPUS_PER_GPU): measured on an H200, a decode core is the cheaper place.
 
 `speech_regions` turns probabilities into sample ranges (hysteresis, shortest speech, shortest pause,
 pad) with numpy run-length operations, no per-window Python loop.
@@ -47,17 +48,30 @@ def silero_available() -> bool:
     return importlib.util.find_spec("silero_vad") is not None
 
 
+# vad_on auto puts voice activity on the ASR actors only where the GPU nodes have fewer CPUs per GPU
+# than this. Measured on an H200 (benchmarks/gpu_check.py stage_vad, benchmarks/RESULTS.md "GPU"): silero
+# on the actor's GPU made the ASR stage 1.31x slower (RTFx 3012 -> 2303 over the same recordings, same
+# segments and text; the TorchScript model is launch-bound there and shares the actor's host thread), while
+# on a decode core it cost 1.85 CPU-s per audio-hour (~1.5 busy cores per GPU at 3000x, on top of ~1 for the
+# codec and the rest): where a node has the cores, decode is the cheaper place; below ~4 per GPU (Ray, the
+# object store and the actor's own thread share them) decode itself would starve the GPU more than that.
+ACTOR_BELOW_CPUS_PER_GPU = 4.0
+
+
 def resolve_where(vad_on: str, method: str, asr_num_gpus: float, model_device: str,
-                  decode_apart: bool = False) -> str:
+                  decode_apart: bool = False, cpus_per_gpu: float | None = None) -> str:
     """segment.vad_on with `auto` resolved for the resolved `method`: `actor` where the ASR actors take
     GPUs (asr.num_gpus > 0, asr.model.device not cpu), the detector is a model (silero, silero_full),
-    and the decode workers share the GPU nodes' cores (not `decode_apart`, on CPU-only nodes: there a
-    core is cheap and the silence would cross the network); else `decode`. `none` runs nowhere."""
+    the decode workers share the GPU nodes' cores (not `decode_apart`, on CPU-only nodes: there a core is
+    cheap and the silence would cross the network) and those nodes are short of cores: `cpus_per_gpu`
+    (their CPUs over their GPUs; None: not known, e.g. no GPU node up yet) under
+    ACTOR_BELOW_CPUS_PER_GPU; else `decode`. `none` runs nowhere."""
     if method == "none":
         return "decode"
     if vad_on == "auto":
         gpu = asr_num_gpus > 0 and model_device != "cpu"
-        return "actor" if gpu and not decode_apart and method in ("silero", "silero_full") else "decode"
+        short = cpus_per_gpu is not None and cpus_per_gpu < ACTOR_BELOW_CPUS_PER_GPU
+        return "actor" if gpu and short and not decode_apart and method in ("silero", "silero_full") else "decode"
     return vad_on
 
 

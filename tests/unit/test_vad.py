@@ -318,22 +318,31 @@ def test_where_voice_activity_runs_is_resolved_on_the_driver():
     from operators.audio.vad import resolve_where
     from pipelines.transcribe import segment_config
 
-    # auto: the ASR actors where they take GPUs and the detector is a model
-    assert resolve_where("auto", "silero", 1, "auto") == "actor"
-    assert resolve_where("auto", "silero_full", 0.5, "cuda") == "actor"
+    # auto: the ASR actors only where they take GPUs, the detector is a model and the GPU nodes are short
+    # of CPUs (on an H200 the actor's silero cost the stage 1.31x its wall; a decode core is cheaper)
+    assert resolve_where("auto", "silero", 1, "auto", cpus_per_gpu=2) == "actor"
+    assert resolve_where("auto", "silero_full", 0.5, "cuda", cpus_per_gpu=3.9) == "actor"
+    assert resolve_where("auto", "silero", 1, "auto", cpus_per_gpu=4) == "decode"
+    assert resolve_where("auto", "silero", 1, "cuda", cpus_per_gpu=16) == "decode"
+    assert resolve_where("auto", "silero", 1, "auto") == "decode"      # no GPU node seen yet
+    assert resolve_where("actor", "silero", 1, "auto", cpus_per_gpu=16) == "actor"   # as the user says
     # decode on CPU-only nodes (decode.avoid_gpu_nodes): a core there is cheap, the silence would cross
     # the network
-    assert resolve_where("auto", "silero", 1, "auto", decode_apart=True) == "decode"
+    assert resolve_where("auto", "silero", 1, "auto", decode_apart=True, cpus_per_gpu=2) == "decode"
     assert resolve_where("actor", "silero", 1, "auto", decode_apart=True) == "actor"
-    assert resolve_where("auto", "silero", 0, "auto") == "decode"      # CPU actors
-    assert resolve_where("auto", "silero", 1, "cpu") == "decode"       # a GPU reserved, the model on CPU
-    assert resolve_where("auto", "energy", 1, "auto") == "decode"      # nothing for a GPU to do
+    assert resolve_where("auto", "silero", 0, "auto", cpus_per_gpu=2) == "decode"   # CPU actors
+    assert resolve_where("auto", "silero", 1, "cpu", cpus_per_gpu=2) == "decode"    # the model on CPU
+    assert resolve_where("auto", "energy", 1, "auto", cpus_per_gpu=2) == "decode"   # nothing for a GPU
     assert resolve_where("auto", "none", 1, "auto") == "decode"
     assert resolve_where("actor", "energy", 0, "cpu") == "actor"       # as the user says
     assert resolve_where("decode", "silero", 1, "cuda") == "decode"
     assert resolve_where("actor", "none", 1, "cuda") == "decode"       # no detector: nothing to move
-    seg = segment_config(load_config(overrides=["segment.vad=energy", "asr.num_gpus=1"]))
+    seg = segment_config(load_config(overrides=["segment.vad=energy", "asr.num_gpus=1"]), cpus_per_gpu=2)
     assert (seg.vad, seg.vad_on) == ("energy", "decode")
+    seg = segment_config(load_config(overrides=["segment.vad=silero", "asr.num_gpus=1"]), cpus_per_gpu=2)
+    assert (seg.vad, seg.vad_on) == ("silero", "actor")
+    seg = segment_config(load_config(overrides=["segment.vad=silero", "asr.num_gpus=1"]), cpus_per_gpu=16)
+    assert (seg.vad, seg.vad_on) == ("silero", "decode")
     seg = segment_config(load_config(overrides=["segment.vad=energy", "segment.vad_on=actor"]))
     assert (seg.vad, seg.vad_on) == ("energy", "actor")
     with pytest.raises(ConfigError, match=r"segment\.vad_on"):
