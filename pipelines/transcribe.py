@@ -236,9 +236,10 @@ def build(cfg: JobConfig, info: dict, source: sources.Source, units: pa.Table):
         per_block = max(cfg.decode.batch_size, math.ceil(units.num_rows / MAX_SOURCE_BLOCKS))
         ds = ray.data.from_arrow(_split(units, per_block))
 
-    cfg = cfg.model_copy(update={"segment": segment_config(cfg, decode_apart(cfg), gpu_node_cpus_per_gpu())})
+    nodes = _nodes()
+    cfg = cfg.model_copy(update={"segment": segment_config(cfg, decode_apart(cfg, nodes), cpus_per_gpu(nodes[0]))})
     if cfg.decode.min_actors:
-        compute, remote_args = decode_placement(cfg)
+        compute, remote_args = decode_placement(cfg, nodes)
         ds = ds.map_batches(Decoder, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.decode.batch_size,
                             batch_format="pyarrow", num_cpus=cfg.decode.num_cpus, compute=compute,
                             **remote_args)
@@ -265,7 +266,7 @@ def segment_config(cfg: JobConfig, decode_apart: bool = False, cpus_per_gpu: flo
     activity method and place resolved here, on the driver (`auto`: silero where installed, else
     energy; vad_on `auto`: the ASR actors where they take GPUs, decode shares their nodes and those
     are short of CPUs, vad.resolve_where; `decode_apart`: decode runs on CPU-only nodes, decode_apart();
-    `cpus_per_gpu`: the GPU nodes' CPUs per GPU, gpu_node_cpus_per_gpu())."""
+    `cpus_per_gpu`: the GPU nodes' CPUs per GPU, cpus_per_gpu())."""
     try:
         method = vad.resolve_method(cfg.segment.vad)
     except ValueError as e:
@@ -277,21 +278,19 @@ def segment_config(cfg: JobConfig, decode_apart: bool = False, cpus_per_gpu: flo
 
 
 def _nodes() -> tuple[list, list]:
-    """(ids of the alive GPU nodes, the alive CPU-only nodes) of the running cluster."""
+    """(the alive GPU nodes, the alive CPU-only nodes) of the running cluster, as ray.nodes() gives them."""
     import ray
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    gpu_nodes = [n["NodeID"] for n in nodes if n["Resources"].get("GPU", 0) > 0]
+    gpu_nodes = [n for n in nodes if n["Resources"].get("GPU", 0) > 0]
     cpu_only = [n for n in nodes if not n["Resources"].get("GPU", 0) and n["Resources"].get("CPU", 0) > 0]
     return gpu_nodes, cpu_only
 
 
-def gpu_node_cpus_per_gpu() -> float | None:
-    """The alive GPU nodes' CPUs over their GPUs (None where the cluster has no GPU node yet)."""
-    import ray
-
-    gpu = [n["Resources"] for n in ray.nodes() if n.get("Alive") and n["Resources"].get("GPU", 0) > 0]
-    return sum(r.get("CPU", 0.0) for r in gpu) / sum(r["GPU"] for r in gpu) if gpu else None
+def cpus_per_gpu(gpu_nodes: list) -> float | None:
+    """The GPU nodes' CPUs over their GPUs (`_nodes()[0]`; None where the cluster has no GPU node yet)."""
+    res = [n["Resources"] for n in gpu_nodes]
+    return sum(r.get("CPU", 0.0) for r in res) / sum(r["GPU"] for r in res) if res else None
 
 
 def decode_apart(cfg: JobConfig, nodes: tuple[list, list] | None = None) -> bool:
@@ -301,19 +300,20 @@ def decode_apart(cfg: JobConfig, nodes: tuple[list, list] | None = None) -> bool
     return bool(cfg.decode.avoid_gpu_nodes and cfg.asr.num_gpus and gpu_nodes and cpu_only)
 
 
-def decode_placement(cfg: JobConfig) -> tuple:
+def decode_placement(cfg: JobConfig, nodes: tuple[list, list] | None = None) -> tuple:
     """(actor pool strategy, ray remote args) of the decode stage: decode.min_actors..max_actors (empty
     max: what the eligible nodes' CPUs hold after the ASR actors' share). Where the ASR actors take
     GPUs and the cluster also has CPU-only nodes, decode actors stay off the GPU nodes
     (decode.avoid_gpu_nodes) so they never hold the CPUs an ASR actor needs: unlike short tasks, an
-    actor keeps its CPUs for the whole job."""
+    actor keeps its CPUs for the whole job. `nodes`: `_nodes()` where the caller has them (the listing
+    the segment config was resolved from)."""
     import ray
 
     d, a = cfg.decode, cfg.asr
-    gpu_nodes, cpu_only = nodes = _nodes()
+    gpu_nodes, cpu_only = nodes = nodes or _nodes()
     remote_args: dict = {}
     if decode_apart(cfg, nodes):  # the same listing the selector below is built from
-        remote_args["label_selector"] = {"ray.io/node-id": f"!in({','.join(gpu_nodes)})"}
+        remote_args["label_selector"] = {"ray.io/node-id": f"!in({','.join(n['NodeID'] for n in gpu_nodes)})"}
         cpus = sum(n["Resources"]["CPU"] for n in cpu_only)
     else:
         cpus = ray.cluster_resources().get("CPU", 1.0) - a.num_cpus * (a.max_actors or a.num_actors)
